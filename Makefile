@@ -1,0 +1,70 @@
+# EDPO — two commands: `make demo` and `make test`. Every install step lives here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EDPO := $(BIN)/edpo
+STAMP := .run/stamps
+
+.PHONY: setup up down status demo test test-unit test-integration test-e2e bench docs clean
+
+$(STAMP):
+	@mkdir -p $(STAMP)
+
+# System packages (JDK, Maven, PostgreSQL) — only what is missing.
+$(STAMP)/system: infra/setup-system.sh | $(STAMP)
+	@bash infra/setup-system.sh
+	@touch $@
+
+# Virtualenv with the project and its test tools.
+$(STAMP)/python: pyproject.toml | $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+# Maven artifacts: the Kafka classpath and the Camunda engine jar.
+$(STAMP)/maven: infra/kafka/pom.xml infra/camunda/pom.xml $(shell find infra/camunda/src -type f 2>/dev/null) $(STAMP)/system | $(STAMP)
+	@echo "fetching Kafka and building the Camunda engine with Maven (first time: a few minutes)"
+	@mkdir -p .run/kafka .run/logs
+	@mvn -B -q -f infra/kafka/pom.xml dependency:build-classpath -Dmdep.outputFile=$(CURDIR)/.run/kafka/classpath.txt > .run/logs/mvn-kafka.log 2>&1 || (tail -20 .run/logs/mvn-kafka.log; exit 1)
+	@mvn -B -q -f infra/camunda/pom.xml -DskipTests package > .run/logs/mvn-camunda.log 2>&1 || (tail -20 .run/logs/mvn-camunda.log; exit 1)
+	@touch $@
+
+# The docker compose plugin, to validate docker-compose.yml (no Docker engine runs here).
+$(STAMP)/compose: infra/install-compose.sh | $(STAMP)
+	@bash infra/install-compose.sh
+	@touch $@
+
+setup: $(STAMP)/system $(STAMP)/python $(STAMP)/maven $(STAMP)/compose
+
+up: setup
+	@$(EDPO) up
+
+down:
+	@if [ -x $(EDPO) ]; then $(EDPO) down; fi
+
+status:
+	@$(EDPO) status
+
+demo: up
+	@$(EDPO) demo
+
+test: up
+	@$(BIN)/pytest -q -rfE
+
+test-unit: $(STAMP)/python
+	@$(BIN)/pytest -q tests/unit
+
+test-integration: setup
+	@$(EDPO) infra up
+	@$(BIN)/pytest -q tests/integration
+
+test-e2e: up
+	@$(BIN)/pytest -q tests/e2e
+
+docs: $(STAMP)/python
+	@$(BIN)/python -m edpo.topics > docs/messages.md
+
+clean: down
+	rm -rf .run

@@ -1,0 +1,205 @@
+"""What every service's Faust app shares: construction, raw topics, safe consumption, sending.
+
+Agents stay thin: ``consume()`` decodes each record once with the topic's msgspec decoder,
+skips unknown types, sends undecodable records to the dead-letter topic and retries a
+failing handler before dead-lettering it, so one bad message never stops a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import faust
+import msgspec
+
+from edpo.config import Settings
+from edpo.models import DeadLetter, Message, encode
+from edpo.stack.workers import web_port
+from edpo.topics import BY_NAME, TopicSpec, dead_letters_topic
+
+logger = logging.getLogger(__name__)
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str = ""
+
+
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+HANDLER_ATTEMPTS = 5
+
+
+def instance_number() -> int:
+    return int(os.environ.get("EDPO_INSTANCE", "1"))
+
+
+def service_app(service: str, settings: Settings | None = None) -> faust.App:
+    """A Faust app for one service instance: RocksDB tables, its own web port and data dir."""
+    s = settings or Settings.from_env()
+    instance = instance_number()
+    (s.run_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"edpo-{service}",
+        broker=f"kafka://{s.kafka_bootstrap}",
+        store="rocksdb://",  # rocksdict under the hood (faust-streaming[rocksdict])
+        datadir=str(s.run_dir / "faust" / f"{service}-{instance}"),
+        web_host=s.host,
+        web_bind=s.host,
+        web_port=web_port(s, service, instance),
+        topic_partitions=s.partitions,
+        topic_replication_factor=1,
+        # Standby copies would make local table scans (timers) see other workers' keys.
+        table_standby_replicas=0,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+    )
+    app.edpo_settings = s  # type: ignore[attr-defined]
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        return web.json({"service": service, "instance": instance, "status": "ok"})
+
+    return app
+
+
+def raw_topic(app: faust.App, *specs: TopicSpec) -> faust.TopicT:
+    """A Faust channel over one or more topics, bytes in and out (msgspec does the decoding)."""
+    return app.topic(
+        *[s.name for s in specs],
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=app.conf.topic_partitions,
+        internal=False,
+    )
+
+
+class Outbox:
+    """Messages produced while handling one record, awaited before the record counts as done."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._topics: dict[str, faust.TopicT] = {}
+        self._pending: list[Awaitable[Any]] = []
+
+    def _topic(self, spec: TopicSpec) -> faust.TopicT:
+        if spec.name not in self._topics:
+            self._topics[spec.name] = raw_topic(self.app, spec)
+        return self._topics[spec.name]
+
+    async def send(self, spec: TopicSpec, key: str, msg: Message) -> None:
+        fut = await self._topic(spec).send(key=key.encode(), value=encode(msg))
+        self._pending.append(fut)
+
+    async def send_all(self, items: Iterable[tuple[TopicSpec, str, Message]]) -> None:
+        for spec, key, msg in items:
+            await self.send(spec, key, msg)
+
+    async def flush(self) -> None:
+        """Wait until Kafka has every message (at-least-once: before the source offset commits)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+Handler = Callable[[Message, Outbox], Awaitable[None]]
+
+
+async def consume(app: faust.App, stream: faust.StreamT, handler: Handler, *, name: str) -> None:
+    """Decode, dispatch and survive: the loop every agent runs."""
+    out = Outbox(app)
+    async for event in stream.events():
+        raw: bytes = event.value
+        topic = event.message.topic
+        spec = BY_NAME.get(topic)
+        if spec is None:
+            logger.warning("%s: record from undeclared topic %s skipped", name, topic)
+            continue
+        try:
+            kind = _type_decoder.decode(raw).type
+            if kind not in spec.message_types:
+                logger.warning("%s: unknown message type %r on %s skipped", name, kind, topic)
+                continue
+            msg = spec.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            await dead_letter(out, event, f"undecodable: {e}")
+            await out.flush()
+            continue
+        for attempt in range(1, HANDLER_ATTEMPTS + 1):
+            try:
+                await handler(msg, out)
+                await out.flush()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one bad message must not stop the agent
+                out._pending.clear()
+                if attempt == HANDLER_ATTEMPTS:
+                    logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, attempt)
+                    await dead_letter(out, event, f"handler failed: {type(e).__name__}: {e}")
+                    await out.flush()
+                else:
+                    logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, attempt)
+                    await asyncio.sleep(0.2 * 2**attempt)
+
+
+async def dead_letter(out: Outbox, event: Any, reason: str) -> None:
+    key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else event.key
+    value = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    logger.error("dead letter from %s[%d]@%d: %s", event.message.topic, event.message.partition,
+                 event.message.offset, reason)
+    await out.send(
+        dead_letters_topic,
+        key or "",
+        DeadLetter(
+            source="edpo",
+            topic=event.message.topic,
+            partition=event.message.partition,
+            offset=event.message.offset,
+            key=key,
+            reason=reason[:2000],
+            payload=value.decode("utf-8", errors="replace"),
+        ),
+    )
+
+
+class StructTable:
+    """A Faust table holding msgspec Structs as JSON bytes, keyed by str."""
+
+    def __init__(self, app: faust.App, name: str, type_: type, *, help: str = "") -> None:
+        self.table = app.Table(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=app.conf.topic_partitions,
+            help=help,
+        )
+        self._decoder = msgspec.json.Decoder(type_)
+        self._encoder = msgspec.json.Encoder()
+
+    def get(self, key: str) -> Any:
+        raw = self.table.get(key.encode())
+        return None if raw is None else self._decoder.decode(raw)
+
+    def set(self, key: str, value: Any) -> None:
+        self.table[key.encode()] = self._encoder.encode(value)
+
+    def delete(self, key: str) -> None:
+        self.table.pop(key.encode(), None)
+
+    def local_items(self) -> list[tuple[str, Any]]:
+        """The entries of partitions this worker owns (no standbys are kept)."""
+        return [(k.decode(), self._decoder.decode(v)) for k, v in list(self.table.items())]
+
+    def to_builtins(self, value: Any) -> Any:
+        return msgspec.to_builtins(value)

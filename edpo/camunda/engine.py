@@ -1,0 +1,126 @@
+"""A small async client for the Camunda 7 engine REST API (the parts EDPO uses)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+
+class EngineError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"engine answered {status}: {body}")
+        self.status = status
+        self.body = body
+
+    @property
+    def is_no_match(self) -> bool:
+        """The message found no process instance waiting for it (yet)."""
+        text = json.dumps(self.body) if not isinstance(self.body, str) else self.body
+        return self.status == 400 and "MismatchingMessageCorrelationException" in text
+
+
+def variable(value: Any) -> dict[str, Any]:
+    """Typed Camunda variable: lists and dicts travel as Spin JSON."""
+    if isinstance(value, (dict, list)):
+        return {"value": json.dumps(value), "type": "Json"}
+    if isinstance(value, bool):
+        return {"value": value, "type": "Boolean"}
+    if isinstance(value, int):
+        return {"value": value, "type": "Integer" if -(2**31) <= value < 2**31 else "Long"}
+    if isinstance(value, float):
+        return {"value": value, "type": "Double"}
+    return {"value": value, "type": "String"}
+
+
+def variables(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {k: variable(v) for k, v in values.items()}
+
+
+class Engine:
+    """One aiohttp session against /engine-rest."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self.session.request(method, f"{self.base_url}{path}", **kwargs) as r:
+            text = await r.text()
+            body: Any = json.loads(text) if text and r.content_type == "application/json" else text
+            if r.status >= 300:
+                raise EngineError(r.status, body)
+            return body
+
+    async def deploy(self, name: str, *files: Path) -> dict[str, Any]:
+        """Deploy BPMN files; unchanged resources are not deployed again (duplicate filtering)."""
+        form = aiohttp.FormData()
+        form.add_field("deployment-name", name)
+        form.add_field("enable-duplicate-filtering", "true")
+        form.add_field("deploy-changed-only", "true")
+        form.add_field("deployment-source", "edpo")
+        for f in files:
+            form.add_field(f.name, f.read_bytes(), filename=f.name, content_type="application/xml")
+        return await self.request("POST", "/deployment/create", data=form)
+
+    async def start_process(self, key: str, business_key: str, values: dict[str, Any]) -> dict[str, Any]:
+        return await self.request(
+            "POST",
+            f"/process-definition/key/{key}/start",
+            json={"businessKey": business_key, "variables": variables(values)},
+        )
+
+    async def process_instances(self, key: str, business_key: str) -> list[dict[str, Any]]:
+        return await self.request(
+            "GET", "/process-instance", params={"processDefinitionKey": key, "businessKey": business_key}
+        )
+
+    async def history_instances(self, key: str, business_key: str) -> list[dict[str, Any]]:
+        return await self.request(
+            "GET", "/history/process-instance", params={"processDefinitionKey": key, "processInstanceBusinessKey": business_key}
+        )
+
+    async def correlate(
+        self,
+        message: str,
+        business_key: str,
+        values: dict[str, Any] | None = None,
+        correlation_keys: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Correlate a message to the instance waiting for it; raises EngineError when none waits."""
+        body: dict[str, Any] = {"messageName": message, "businessKey": business_key, "resultEnabled": True}
+        if values:
+            body["processVariables"] = variables(values)
+        if correlation_keys:
+            body["correlationKeys"] = variables(correlation_keys)
+        return await self.request("POST", "/message", json=body)
+
+    async def activity_history(self, process_instance_id: str) -> list[dict[str, Any]]:
+        return await self.request(
+            "GET", "/history/activity-instance", params={"processInstanceId": process_instance_id, "sortBy": "startTime", "sortOrder": "asc"}
+        )
+
+    async def incidents(self, process_instance_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"processInstanceId": process_instance_id} if process_instance_id else {}
+        return await self.request("GET", "/incident", params=params)

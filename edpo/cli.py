@@ -1,0 +1,214 @@
+"""The `edpo` command: run the stack, run a service worker, talk to the order and stock APIs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from edpo.config import Settings, settings_table_markdown
+from edpo.stack.process import StackError
+
+
+def _say(msg: str) -> None:
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+def infra_up(settings: Settings) -> None:
+    from edpo.stack.servers import all_servers
+    from edpo.topics import ensure_topics_sync
+
+    for server in all_servers(settings):
+        t0 = time.monotonic()
+        state = server.up()
+        _say(f"{server.name:9} {state:16} {server.describe()}  ({time.monotonic() - t0:.1f}s)")
+    ensure_topics_sync(settings)
+
+
+def infra_down(settings: Settings) -> None:
+    from edpo.stack.servers import all_servers
+
+    for server in reversed(all_servers(settings)):
+        stopped = server.down()
+        _say(f"{server.name:9} {'stopped' if stopped else 'was not running'}")
+
+
+def infra_status(settings: Settings) -> bool:
+    from edpo.stack.servers import all_servers
+
+    ok = True
+    for server in all_servers(settings):
+        state = server.status()
+        ok &= state == "healthy"
+        _say(f"{server.name:9} {state:18} {server.describe()}")
+    return ok
+
+
+def stack_up(settings: Settings, instances: int) -> None:
+    from edpo.stack.workers import SERVICES, start_worker, web_port
+
+    infra_up(settings)
+    for service in SERVICES:
+        for n in range(1, instances + 1):
+            state = start_worker(settings, service, n)
+            _say(f"{service + '-' + str(n):11} {state:16} http://{settings.host}:{web_port(settings, service, n)}/")
+
+
+def stack_down(settings: Settings) -> None:
+    from edpo.stack.workers import running_workers
+
+    for proc in running_workers(settings):
+        stopped = proc.stop()
+        _say(f"{proc.name:11} {'stopped' if stopped else 'was not running'}")
+    infra_down(settings)
+
+
+def stack_status(settings: Settings) -> bool:
+    from edpo.stack.workers import running_workers
+
+    ok = infra_status(settings)
+    for proc in running_workers(settings):
+        alive = proc.running()
+        ok &= alive
+        _say(f"{proc.name:11} {'running' if alive else 'stopped'}")
+    return ok
+
+
+# --- HTTP helpers for the user-facing verbs --------------------------------------------------------
+
+
+def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except urllib.error.URLError as e:
+        raise StackError(f"cannot reach {url}: {e.reason}; is the stack up (`edpo up`)?") from None
+
+
+def _parse_item(text: str) -> dict[str, Any]:
+    sku, sep, qty = text.rpartition(":")
+    if not sep or not sku or not qty.isdigit():
+        raise StackError(f"--item expects SKU:QTY, got {text!r}")
+    return {"sku": sku, "quantity": int(qty)}
+
+
+def order_place(settings: Settings, args: argparse.Namespace) -> int:
+    body = {
+        "customer_id": args.customer,
+        "delivery_address": args.address,
+        "items": [_parse_item(i) for i in args.item],
+    }
+    status, reply = _http("POST", f"http://{settings.host}:{settings.web_ports['order']}/orders", body)
+    _say(json.dumps(reply, indent=2))
+    return 0 if status == 201 else 1
+
+
+def order_show(settings: Settings, args: argparse.Namespace) -> int:
+    status, reply = _http("GET", f"http://{settings.host}:{settings.web_ports['order']}/orders/{args.order_id}")
+    _say(json.dumps(reply, indent=2))
+    return 0 if status == 200 else 1
+
+
+def stock_show(settings: Settings) -> int:
+    status, reply = _http("GET", f"http://{settings.host}:{settings.web_ports['warehouse']}/stock")
+    if status != 200:
+        _say(json.dumps(reply))
+        return 1
+    _say(f"{'SKU':16} {'ON HAND':>8} {'RESERVED':>9} {'AVAILABLE':>10}")
+    for row in reply["stock"]:
+        _say(f"{row['sku']:16} {row['on_hand']:8} {row['reserved']:9} {row['available']:10}")
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edpo", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    infra = sub.add_parser("infra", help="the three servers: Kafka, Camunda, PostgreSQL")
+    infra.add_argument("action", choices=["up", "down", "status"])
+
+    for verb, text in [("up", "servers + one worker per service"), ("down", "stop everything"), ("status", "report")]:
+        sp = sub.add_parser(verb, help=text)
+        if verb == "up":
+            sp.add_argument("--instances", type=int, default=1, help="workers per service")
+
+    w = sub.add_parser("worker", help="run one service worker in the foreground")
+    w.add_argument("service", choices=["order", "warehouse", "factory", "delivery"])
+    w.add_argument("--instance", type=int, default=1, help="instance number (web port + 100 per instance)")
+
+    o = sub.add_parser("order", help="place or show orders")
+    osub = o.add_subparsers(dest="order_cmd", required=True)
+    place = osub.add_parser("place")
+    place.add_argument("--item", action="append", required=True, metavar="SKU:QTY")
+    place.add_argument("--address", required=True)
+    place.add_argument("--customer", default="cli-customer")
+    show = osub.add_parser("show")
+    show.add_argument("order_id")
+
+    sub.add_parser("stock", help="stock levels per SKU")
+    sub.add_parser("demo", help="place the sample orders and follow them live")
+    sub.add_parser("config", help="print the configuration table (markdown)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        match args.cmd:
+            case "infra":
+                if args.action == "up":
+                    infra_up(settings)
+                elif args.action == "down":
+                    infra_down(settings)
+                else:
+                    return 0 if infra_status(settings) else 1
+            case "up":
+                stack_up(settings, args.instances)
+            case "down":
+                stack_down(settings)
+            case "status":
+                return 0 if stack_status(settings) else 1
+            case "worker":
+                os.environ["EDPO_INSTANCE"] = str(args.instance)
+                from edpo.agents import run_worker
+
+                return run_worker(args.service, args.instance)
+            case "order":
+                return order_place(settings, args) if args.order_cmd == "place" else order_show(settings, args)
+            case "stock":
+                return stock_show(settings)
+            case "demo":
+                from edpo.demo import run_demo
+
+                return run_demo(settings)
+            case "config":
+                _say(settings_table_markdown())
+    except StackError as e:
+        sys.stderr.write(f"edpo: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

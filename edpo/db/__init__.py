@@ -1,0 +1,1 @@
+"""PostgreSQL access for the order service: schema migrations and the connection pool."""

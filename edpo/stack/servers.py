@@ -1,0 +1,377 @@
+"""The three real servers EDPO runs on: Kafka (KRaft), the Camunda 7 engine and PostgreSQL.
+
+Each server knows how to prepare itself (fetch jars, format storage, init a cluster), start
+detached, answer a real health check and stop. Nothing here is a fake: ``edpo infra up``
+drives exactly these classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from edpo.config import Settings
+from edpo.stack.process import ManagedProcess, StackError, port_open, wait_until
+
+logger = logging.getLogger(__name__)
+
+
+def _require(tool: str, why: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(f"{tool} is not installed ({why}); run `make setup` or install it")
+    return path
+
+
+def _stale(target: Path, *sources: Path) -> bool:
+    """True if target is missing or older than any existing file under sources."""
+    if not target.exists():
+        return True
+    mtime = target.stat().st_mtime
+    for src in sources:
+        files = src.rglob("*") if src.is_dir() else [src]
+        if any(f.is_file() and f.stat().st_mtime > mtime for f in files):
+            return True
+    return False
+
+
+def _mvn(settings: Settings, pom: Path, goals: list[str], log: Path) -> None:
+    mvn = _require("mvn", "Maven fetches the Kafka and Camunda jars")
+    _require("java", "Kafka and Camunda run on the JVM")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        done = subprocess.run([mvn, "-B", "-q", "-f", str(pom), *goals], stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise StackError(f"mvn {' '.join(goals)} failed for {pom.relative_to(settings.root)}; see {log}")
+
+
+class Server:
+    """Shared shape: a name, a port, a managed process and a health check."""
+
+    name = ""
+    start_timeout = 120.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.dir = settings.run_dir / self.name
+        self.proc = ManagedProcess(self.name, self.dir / f"{self.name}.pid", settings.log_dir / f"{self.name}.log")
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Fetch, build or initialise what start() needs; idempotent."""
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def up(self) -> str:
+        """Start unless already running and healthy; returns a status word."""
+        if self.proc.running():
+            if self.healthy():
+                return "already running"
+            wait_until(self.healthy, timeout=self.start_timeout, what=self.name, proc=self.proc)
+            return "running"
+        if port_open(self.s.host, self.port):
+            raise StackError(
+                f"{self.name}: port {self.s.host}:{self.port} is taken by another process "
+                f"(not started by edpo); stop it or set the port variable"
+            )
+        self.prepare()
+        self.launch()
+        wait_until(self.healthy, timeout=self.start_timeout, what=self.name, proc=self.proc)
+        return "started"
+
+    def down(self) -> bool:
+        return self.proc.stop()
+
+    def status(self) -> str:
+        if not self.proc.running():
+            return "stopped"
+        return "healthy" if self.healthy() else "starting/unhealthy"
+
+    def describe(self) -> str:
+        return f"{self.s.host}:{self.port}"
+
+
+class Kafka(Server):
+    """Single-node Kafka in KRaft mode (broker + controller), jars from Maven Central."""
+
+    name = "kafka"
+    start_timeout = 90.0
+
+    @property
+    def port(self) -> int:
+        return self.s.kafka_port
+
+    @property
+    def pom(self) -> Path:
+        return self.s.root / "infra" / "kafka" / "pom.xml"
+
+    @property
+    def classpath_file(self) -> Path:
+        return self.dir / "classpath.txt"
+
+    def prepare(self) -> None:
+        if _stale(self.classpath_file, self.pom):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _mvn(
+                self.s,
+                self.pom,
+                ["dependency:build-classpath", f"-Dmdep.outputFile={self.classpath_file}"],
+                self.s.log_dir / "mvn-kafka.log",
+            )
+        props = self.dir / "server.properties"
+        props.write_text(self._properties())
+        if not (self.dir / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            done = subprocess.run(
+                [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise StackError(f"kafka storage format failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+    def _java(self) -> list[str]:
+        java = _require("java", "Kafka runs on the JVM")
+        log4j = self.s.root / "infra" / "kafka" / "log4j2.properties"
+        return [
+            java,
+            f"-Xmx{self.s.kafka_heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            self.classpath_file.read_text().strip(),
+        ]
+
+    def _properties(self) -> str:
+        h, p, c = self.s.host, self.s.kafka_port, self.s.kafka_controller_port
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{h}:{c}",
+                f"listeners=PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
+                f"advertised.listeners=PLAINTEXT://{h}:{p}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={self.dir / 'data'}",
+                # Topics are declared in edpo/topics.py and created explicitly; an auto-created
+                # topic gets the wrong partition count and breaks Faust's co-partitioning.
+                "auto.create.topics.enable=false",
+                f"num.partitions={self.s.partitions}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=10",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                "",
+            ]
+        )
+
+    def launch(self) -> None:
+        self.proc.spawn([*self._java(), "kafka.Kafka", str(self.dir / "server.properties")], cwd=self.dir)
+
+    def healthy(self) -> bool:
+        return asyncio.run(kafka_metadata_ok(self.s.kafka_bootstrap))
+
+
+async def kafka_metadata_ok(bootstrap: str) -> bool:
+    """A real metadata round trip: the broker lists itself."""
+    from aiokafka import AIOKafkaClient  # local import keeps `edpo --help` fast
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(client.bootstrap(), 5)
+        return len(client.cluster.brokers()) > 0
+    except Exception:
+        return False
+    finally:
+        await client.close()
+
+
+class Camunda(Server):
+    """Camunda 7 CE engine: a small Spring Boot app in infra/camunda (REST, Cockpit, Tasklist)."""
+
+    name = "camunda"
+    start_timeout = 180.0
+
+    @property
+    def port(self) -> int:
+        return self.s.camunda_port
+
+    @property
+    def project(self) -> Path:
+        return self.s.root / "infra" / "camunda"
+
+    @property
+    def jar(self) -> Path:
+        return self.project / "target" / "edpo-camunda.jar"
+
+    def prepare(self) -> None:
+        if _stale(self.jar, self.project / "pom.xml", self.project / "src"):
+            _mvn(self.s, self.project / "pom.xml", ["-DskipTests", "package"], self.s.log_dir / "mvn-camunda.log")
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def launch(self) -> None:
+        java = _require("java", "Camunda runs on the JVM")
+        env = dict(os.environ)
+        env.update(
+            EDPO_CAMUNDA_HOST=self.s.host,
+            EDPO_CAMUNDA_PORT=str(self.s.camunda_port),
+            EDPO_CAMUNDA_DATA_DIR=str(self.dir),
+        )
+        if self.s.camunda_db_url:
+            env["EDPO_CAMUNDA_DB_URL"] = self.s.camunda_db_url
+        self.proc.spawn(
+            [java, f"-Xmx{self.s.camunda_heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar", str(self.jar)],
+            cwd=self.dir,
+            env=env,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.s.camunda_url}/engine", timeout=3) as r:
+                return any(e.get("name") == "default" for e in json.load(r))
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def describe(self) -> str:
+        return f"{self.s.camunda_url} (Cockpit http://{self.s.host}:{self.port}/camunda/app/, demo/demo)"
+
+
+class Postgres(Server):
+    """A project-local PostgreSQL cluster from Debian's packages, run as the postgres user."""
+
+    name = "postgres"
+    start_timeout = 60.0
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.dir = self._cluster_dir()
+        self.data = self.dir / "data"
+        self.proc = ManagedProcess(self.name, self.data / "postmaster.pid", self.dir / "postgres.log")
+
+    @property
+    def port(self) -> int:
+        return self.s.pg_port
+
+    def _as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def _cluster_dir(self) -> Path:
+        wanted = self.s.run_dir / "postgres"
+        if not self._as_root() or _traversable_by_others(self.s.run_dir):
+            return wanted
+        # PostgreSQL refuses to run as root and the postgres user cannot enter the run
+        # directory (a checkout under /root, say): keep the cluster in postgres' home.
+        digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:10]
+        return Path("/var/lib/postgresql") / f"edpo-{digest}"
+
+    def _bin(self, tool: str) -> str:
+        if self.s.pg_bin:
+            return str(Path(self.s.pg_bin) / tool)
+        found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), key=lambda p: int(p.parts[-3]))
+        if not found:
+            raise StackError("PostgreSQL server is not installed (apt-get install postgresql); run `make setup`")
+        return str(found[-1])
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        if self._as_root():
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, cwd="/")
+
+    def prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._as_root():
+            shutil.chown(self.dir, "postgres", "postgres")
+        if not (self.data / "PG_VERSION").exists():
+            done = self._run(
+                [self._bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
+            )
+            if done.returncode != 0:
+                raise StackError(f"initdb failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+    def launch(self) -> None:
+        opts = f"-p {self.s.pg_port} -k {self.dir} -c listen_addresses={self.s.host} -c max_connections=200"
+        done = self._run(
+            [self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.proc.log_file), "-o", opts, "-w", "-t", "60", "start"]
+        )
+        if done.returncode != 0:
+            raise StackError(f"postgres failed to start; see {self.proc.log_file}")
+
+    def down(self) -> bool:
+        if not self.proc.running():
+            return False
+        self._run([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        return self.proc.stop()
+
+    def healthy(self) -> bool:
+        return asyncio.run(_pg_round_trip(self.s.host, self.s.pg_port))
+
+    def up(self) -> str:
+        state = super().up()
+        asyncio.run(ensure_database(self.s))
+        return state
+
+
+async def _pg_round_trip(host: str, port: int) -> bool:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres", timeout=3)
+    except Exception:
+        return False
+    try:
+        return await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+async def ensure_database(settings: Settings) -> None:
+    """Create the edpo role and database if missing, then apply migrations."""
+    import asyncpg
+
+    from edpo.db.migrate import migrate
+
+    conn = await asyncpg.connect(host=settings.host, port=settings.pg_port, user="postgres", database="postgres")
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'edpo'"):
+            await conn.execute("CREATE ROLE edpo LOGIN")
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'edpo'"):
+            await conn.execute("CREATE DATABASE edpo OWNER edpo")
+    finally:
+        await conn.close()
+    await migrate(settings.database_url)
+
+
+def _traversable_by_others(path: Path) -> bool:
+    """Can a non-owner walk down to path (the postgres user must)?"""
+    path = path.resolve()
+    for part in [path, *path.parents]:
+        if part.exists() and not (part.stat().st_mode & 0o001):
+            return False
+    return True
+
+
+def all_servers(settings: Settings) -> list[Server]:
+    return [Kafka(settings), Postgres(settings), Camunda(settings)]

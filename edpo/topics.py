@@ -1,0 +1,160 @@
+"""Every Kafka topic of EDPO, declared once: name, key, partitions, message types, who talks.
+
+docs/messages.md is generated from this list (``python -m edpo.topics``), and the topics are
+created from it before any worker starts, so partition counts always match (Faust requires
+co-partitioned topics for its tables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from edpo import models as m
+from edpo.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    value: Any  # a msgspec tagged union
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    doc: str
+    internal: bool = False
+    decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder", msgspec.json.Decoder(self.value))
+
+    def decode(self, raw: bytes) -> Any:
+        return self.decoder.decode(raw)
+
+    @property
+    def message_types(self) -> list[str]:
+        args = typing.get_args(self.value) or (self.value,)
+        return [a.__name__ for a in args]
+
+
+order_events_topic = TopicSpec(
+    "order-events", "order_id", m.OrderEvent, ("order",), ("dashboards", "analytics"),
+    "Lifecycle of each order as the order service records it.",
+)
+warehouse_commands_topic = TopicSpec(
+    "warehouse-commands", "order_id", m.WarehouseCommand, ("order", "camunda workers"), ("warehouse",),
+    "Commands to the warehouse; each is answered on warehouse-events with its id as correlation id.",
+)
+warehouse_events_topic = TopicSpec(
+    "warehouse-events", "order_id", m.WarehouseEvent, ("warehouse",), ("order", "camunda bridge", "command clients"),
+    "Acknowledgments and fulfilment progress: acceptance, reservation, picking, packing, release, shipping.",
+)
+stock_commands_topic = TopicSpec(
+    "stock-commands", "sku", m.StockCommand, ("warehouse",), ("warehouse",),
+    "Per-SKU work split off orders so that each SKU's stock is owned by exactly one partition.",
+    internal=True,
+)
+reservation_updates_topic = TopicSpec(
+    "reservation-updates", "order_id", m.ReservationUpdate, ("warehouse",), ("warehouse",),
+    "Per-SKU reservation results routed back to the partition that owns the order.",
+    internal=True,
+)
+inventory_events_topic = TopicSpec(
+    "inventory-events", "sku", m.InventoryEvent, ("warehouse",), ("dashboards",),
+    "Stock level of a SKU after every change.",
+)
+factory_commands_topic = TopicSpec(
+    "factory-commands", "sku", m.FactoryCommand, ("camunda workers", "factory"), ("factory",),
+    "Replenishment requests; the factory coalesces them per SKU into production batches.",
+)
+factory_events_topic = TopicSpec(
+    "factory-events", "sku", m.FactoryEvent, ("factory",), ("warehouse",),
+    "Production progress; ItemsManufactured puts the goods into the warehouse.",
+)
+delivery_commands_topic = TopicSpec(
+    "delivery-commands", "order_id", m.DeliveryCommand, ("camunda workers", "delivery"), ("delivery",),
+    "StartDelivery from the warehouse's worker; answered on delivery-events.",
+)
+delivery_events_topic = TopicSpec(
+    "delivery-events", "order_id", m.DeliveryEvent, ("delivery",),
+    ("order", "warehouse", "camunda bridge", "command clients"),
+    "Acknowledgments and courier outcomes.",
+)
+dead_letters_topic = TopicSpec(
+    "dead-letters", "original key", m.DeadLetter, ("every service",), ("operators",),
+    "Messages that could not be decoded, with the reason; nothing is dropped silently.",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    order_events_topic,
+    warehouse_commands_topic,
+    warehouse_events_topic,
+    stock_commands_topic,
+    reservation_updates_topic,
+    inventory_events_topic,
+    factory_commands_topic,
+    factory_events_topic,
+    delivery_commands_topic,
+    delivery_events_topic,
+    dead_letters_topic,
+)
+BY_NAME = {t.name: t for t in ALL_TOPICS}
+
+
+async def ensure_topics(bootstrap: str, partitions: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """Create missing topics with the configured partition count; returns the names created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t.name for t in ALL_TOPICS] + list(extra)
+        missing = [n for n in wanted if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            logger.info("created topics %s", missing)
+        return missing
+    finally:
+        await admin.close()
+
+
+def ensure_topics_sync(settings: Settings) -> list[str]:
+    return asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.partitions))
+
+
+def catalog_markdown() -> str:
+    """docs/messages.md: every topic with key, partitions, producers, consumers and types."""
+    out = [
+        "# Message catalog",
+        "",
+        "Generated from `edpo/topics.py` by `python -m edpo.topics > docs/messages.md`.",
+        "Every topic has `EDPO_PARTITIONS` partitions (default 4). Every message is JSON with the",
+        "envelope fields `type` (= class name = BPMN message name), `id`, `source`, `time`,",
+        "`correlation_id` (a reply copies the id of the command it answers) and `trace_id`.",
+        "",
+        "| Topic | Key | Producers | Consumers | Message types | Purpose |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in ALL_TOPICS:
+        name = f"`{t.name}`" + (" (internal)" if t.internal else "")
+        out.append(
+            f"| {name} | `{t.key}` | {', '.join(t.producers)} | {', '.join(t.consumers)} | "
+            f"{', '.join(t.message_types)} | {t.doc} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(catalog_markdown(), end="")  # noqa: T201 - a generator script, not a service

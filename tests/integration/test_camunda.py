@@ -1,0 +1,72 @@
+"""Camunda 7: deploy through REST, run a process whose external task a Python worker completes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
+from camunda.external_task.external_task import ExternalTask, TaskResult
+
+from edpo.camunda.engine import Engine
+from edpo.config import Settings
+
+BPMN = Path(__file__).parent / "bpmn" / "echo_test.bpmn"
+
+
+async def test_external_task_worker_round_trips_a_json_variable(servers: Settings, tmp_path: Path) -> None:
+    # A process key of its own, so the engine's persistent history cannot make this pass by accident.
+    key = f"echo_test_{uuid.uuid4().hex[:8]}"
+    bpmn = tmp_path / f"{key}.bpmn"
+    bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"'))
+    async with Engine(servers.camunda_url) as engine:
+        first = await engine.deploy(key, bpmn)
+        again = await engine.deploy(key, bpmn)
+        assert first["deployedProcessDefinitions"], "first deployment defines the process"
+        assert not again.get("deployedProcessDefinitions"), "duplicate filtering deploys nothing new"
+
+        business_key = f"echo-{uuid.uuid4().hex[:8]}"
+        payload = {"order_id": business_key, "items": [{"sku": "A", "quantity": 2}]}
+        started = await engine.start_process(key, business_key, {"payload": payload})
+
+        seen: list[dict] = []
+
+        async def handle(task: ExternalTask) -> TaskResult:
+            raw = task.get_variable("payload")
+            got = json.loads(raw)
+            seen.append(got)
+            reply = {"echo": got, "lines": len(got["items"])}
+            return task.complete({"reply": {"value": json.dumps(reply), "type": "Json"}})
+
+        worker = AsyncExternalTaskWorker(
+            worker_id=f"test-{business_key}",
+            base_url=servers.camunda_url,
+            config={"asyncResponseTimeout": 1000, "lockDuration": 10000, "sleepSeconds": 0.2,
+                    "deserializeValues": False},  # Json arrives as its JSON text
+        )
+        run = asyncio.create_task(worker.subscribe({"echo-payload": handle}))
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            history: list = []
+            while asyncio.get_running_loop().time() < deadline:
+                history = await engine.history_instances(key, business_key)
+                if history and history[0]["state"] == "COMPLETED":
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await worker.stop()
+            run.cancel()
+
+        assert seen == [payload]
+        assert history and history[0]["id"] == started["id"]
+        assert history[0]["state"] == "COMPLETED"
+        ended = [a["activityId"] for a in await engine.activity_history(started["id"]) if a["activityType"] == "noneEndEvent"]
+        assert ended == ["done"]
+        variables = await engine.request(
+            "GET", "/history/variable-instance",
+            params={"processInstanceId": started["id"], "variableName": "reply", "deserializeValues": "false"},
+        )
+        assert variables[0]["type"] == "Json"
+        assert json.loads(variables[0]["value"]) == {"echo": payload, "lines": 1}
