@@ -50,6 +50,10 @@ status:
 demo: up
 	@$(EDPO) demo
 
+# Short simulated durations for the suite (they also apply to the stack `up` starts here).
+test: export EDPO_FACTORY_LEAD_TIME ?= 1
+test: export EDPO_COURIER_TIME ?= 0.5
+test: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
 test: up
 	@$(BIN)/pytest -q -rfE
 
@@ -62,6 +66,12 @@ test-integration: setup
 
 test-e2e: up
 	@$(BIN)/pytest -q tests/e2e
+
+# Zero simulated durations, so the figures measure EDPO itself; workers restart with them.
+bench: setup
+	@$(EDPO) down >/dev/null
+	@EDPO_FACTORY_LEAD_TIME=0 EDPO_COURIER_TIME=0 EDPO_DELIVERY_RETRY_BACKOFF=0 $(EDPO) up
+	@$(EDPO) bench --orders $${ORDERS:-200}
 
 docs: $(STAMP)/python
 	@$(BIN)/python -m edpo.topics > docs/messages.md

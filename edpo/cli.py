@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stock", help="stock levels per SKU")
     sub.add_parser("demo", help="place the sample orders and follow them live")
+    b = sub.add_parser("bench", help="latency of one order and throughput of a burst (see `make bench`)")
+    b.add_argument("--orders", type=int, default=200)
+    b.add_argument("--runs", type=int, default=10)
     sub.add_parser("config", help="print the configuration table (markdown)")
     return p
 
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # health checks poll a broker that is starting
     try:
         match args.cmd:
             case "infra":
@@ -200,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 from edpo.demo import run_demo
 
                 return run_demo(settings)
+            case "bench":
+                from edpo.bench import run_bench
+
+                return run_bench(settings, args.orders, args.runs)
             case "config":
                 _say(settings_table_markdown())
     except StackError as e:

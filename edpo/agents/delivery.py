@@ -1,7 +1,90 @@
-"""The delivery service: its Faust app, agents, tables and web views."""
+"""The delivery service: accepts StartDelivery commands and simulates the courier.
+
+The outcome of an attempt is decided when it starts (address pattern, random failure rate)
+and published when the courier's time is up; a timer notices due deliveries and sends the
+service a FinishDelivery tick through Kafka.
+"""
 
 from __future__ import annotations
 
-from edpo.agents.runtime import service_app
+import logging
+import random
+import time
+from typing import Any
 
-app = service_app("delivery")
+import faust
+import msgspec
+
+from edpo.agents.runtime import Outbox, StructTable, consume, guarded_timer, raw_topic, service_app
+from edpo.domain.delivery import Delivery, DeliveryPolicy
+from edpo.models import FinishDelivery, Message, StartDelivery
+from edpo.topics import delivery_commands_topic, delivery_events_topic
+
+logger = logging.getLogger(__name__)
+SOURCE = "delivery"
+
+app = service_app(SOURCE)
+settings = app.edpo_settings  # type: ignore[attr-defined]
+deliveries_by_order = StructTable(app, "deliveries_by_order", Delivery, help="Delivery attempts per order")
+commands_topic = raw_topic(app, delivery_commands_topic)
+policy = DeliveryPolicy(
+    unreachable_pattern=settings.unreachable_pattern,
+    failure_rate=settings.delivery_failure_rate,
+    courier_time=settings.courier_time,
+)
+_dice = random.Random()
+
+
+async def on_command(msg: Message, out: Outbox) -> None:
+    """StartDelivery is acknowledged and dispatched; FinishDelivery publishes the outcome."""
+    order_id: str = msg.order_id  # type: ignore[attr-defined]
+    delivery: Delivery = deliveries_by_order.get(order_id) or Delivery(order_id=order_id)
+    match msg:
+        case StartDelivery():
+            events = delivery.start(msg, time.time(), policy, _dice.random())
+        case FinishDelivery():
+            events = delivery.finish(msg)
+        case _:
+            return
+    deliveries_by_order.set(order_id, delivery)
+    for event in events:
+        await out.send(delivery_events_topic, order_id, event)
+
+
+@app.agent(commands_topic)
+async def courier(stream: faust.StreamT) -> None:
+    """Run deliveries."""
+    await consume(app, stream, on_command, name="courier")
+
+
+_ticked: dict[tuple[str, int], float] = {}
+
+
+@guarded_timer(app, settings.tick)
+async def finish_due_deliveries() -> None:
+    """Send FinishDelivery for every attempt whose courier time is over (local partitions)."""
+    now = time.time()
+    for order_id, delivery in deliveries_by_order.local_items():
+        for attempt in delivery.due(now):
+            if now - _ticked.get((order_id, attempt), 0.0) > 5.0:
+                _ticked[(order_id, attempt)] = now
+                tick = FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt)
+                await commands_topic.send(key=order_id.encode(), value=msgspec.json.encode(tick))
+    for key, at in list(_ticked.items()):
+        if now - at > 60:
+            del _ticked[key]
+
+
+@app.page("/deliveries")
+async def deliveries_view(web: Any, request: Any) -> Any:
+    """Deliveries of the partitions this worker owns."""
+    return web.json({"deliveries": [msgspec.to_builtins(d) for _, d in deliveries_by_order.local_items()]})
+
+
+@app.page("/deliveries/{order_id}")
+async def delivery_view(web: Any, request: Any, order_id: str) -> Any:
+    """One order's delivery attempts."""
+    d = deliveries_by_order.get(order_id)
+    if d is None:
+        return web.json({"errors": [{"field": "order_id", "message": "no delivery for this order"}]}, status=404)
+    return web.json(msgspec.to_builtins(d))

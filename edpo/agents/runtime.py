@@ -61,12 +61,50 @@ def service_app(service: str, settings: Settings | None = None) -> faust.App:
         stream_wait_empty=False,
     )
     app.edpo_settings = s  # type: ignore[attr-defined]
+    # Services that open connections at start clear this until they are usable.
+    app.edpo_ready = asyncio.Event()  # type: ignore[attr-defined]
+    app.edpo_ready.set()  # type: ignore[attr-defined]
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
-        return web.json({"service": service, "instance": instance, "status": "ok"})
+        ready = app.edpo_ready.is_set()  # type: ignore[attr-defined]
+        body = {"service": service, "instance": instance, "status": "ok" if ready else "starting"}
+        return web.json(body, status=200 if ready else 503)
 
     return app
+
+
+async def retrying(what: str, step: Callable[[], Awaitable[Any]], *, pause: float = 1.0) -> Any:
+    """Run a start-up step until it succeeds: a server that is still starting is not fatal."""
+    while True:
+        try:
+            return await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            logger.warning("%s failed (%s: %s); retrying in %.0fs", what, type(e).__name__, e, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 15.0)
+
+
+def guarded_timer(app: faust.App, interval: float) -> Callable[[Callable[[], Awaitable[None]]], Any]:
+    """app.timer whose body may fail without killing the timer (faust stops a timer that raises)."""
+
+    def register(fun: Callable[[], Awaitable[None]]) -> Any:
+        async def tick() -> None:
+            try:
+                await fun()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - next tick tries again
+                logger.exception("timer %s failed", fun.__name__)
+
+        tick.__name__ = tick.__qualname__ = fun.__name__
+        tick.__doc__ = fun.__doc__
+        tick.__module__ = fun.__module__
+        return app.timer(interval=interval)(tick)
+
+    return register
 
 
 def raw_topic(app: faust.App, *specs: TopicSpec) -> faust.TopicT:
@@ -177,10 +215,8 @@ class StructTable:
     def __init__(self, app: faust.App, name: str, type_: type, *, help: str = "") -> None:
         self.table = app.Table(
             name,
-            key_type=bytes,
+            key_type=bytes,  # bytes in and out: faust picks its "raw" codec; msgspec encodes
             value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
             partitions=app.conf.topic_partitions,
             help=help,
         )
@@ -188,8 +224,10 @@ class StructTable:
         self._encoder = msgspec.json.Encoder()
 
     def get(self, key: str) -> Any:
-        raw = self.table.get(key.encode())
-        return None if raw is None else self._decoder.decode(raw)
+        return self._load(self.table.get(key.encode()))
+
+    def _load(self, stored: bytes | None) -> Any:
+        return None if stored is None else self._decoder.decode(stored)
 
     def set(self, key: str, value: Any) -> None:
         self.table[key.encode()] = self._encoder.encode(value)
@@ -199,7 +237,4 @@ class StructTable:
 
     def local_items(self) -> list[tuple[str, Any]]:
         """The entries of partitions this worker owns (no standbys are kept)."""
-        return [(k.decode(), self._decoder.decode(v)) for k, v in list(self.table.items())]
-
-    def to_builtins(self, value: Any) -> Any:
-        return msgspec.to_builtins(value)
+        return [(k.decode(), self._load(v)) for k, v in list(self.table.items())]

@@ -1,0 +1,167 @@
+"""The bridge from Kafka events to the order process: starts instances and correlates messages.
+
+Events are written to the `process_inbox` table in the same transaction as the order's
+status change, then correlated by a loop. Correlation is retried while no instance waits
+for the message yet (an event that arrives early is not lost); the event id is the primary
+key, so a duplicate event is stored once and correlated at most once. A message that no
+longer fits (its instance has ended) is discarded and kept for inspection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from edpo.camunda.engine import Engine, EngineError
+from edpo.camunda.workers import PROCESS_KEY
+from edpo.config import Settings
+from edpo.models import (
+    DeliveryCompleted,
+    DeliveryFailed,
+    Message,
+    OrderAccepted,
+    StockPartiallyReserved,
+    StockReserved,
+)
+
+logger = logging.getLogger(__name__)
+
+START = "start"  # the inbox row that starts the order's process instance
+
+
+def _no_vars(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {}, {}
+
+
+# Message name (= event type) -> (process variables to set, correlation keys to match).
+CORRELATIONS: dict[type[Message], Callable[[Any], tuple[dict[str, Any], dict[str, Any]]]] = {
+    StockReserved: _no_vars,
+    StockPartiallyReserved: lambda e: ({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.missing]}, {}),
+    # The attempt number keeps a stale duplicate of an earlier attempt from matching a later wait.
+    DeliveryCompleted: lambda e: ({}, {"delivery_attempt": e.attempt}),
+    DeliveryFailed: lambda e: ({"delivery_failure": e.reason}, {"delivery_attempt": e.attempt}),
+}
+
+# How long an event may wait for its process before it is given up (and kept, discarded).
+MAX_PENDING = timedelta(hours=1)
+
+
+async def record(conn: asyncpg.Connection, msg: Message) -> bool:
+    """Put an event the process cares about into the inbox (inside the caller's transaction)."""
+    order_id: str = msg.order_id  # type: ignore[attr-defined]
+    if isinstance(msg, OrderAccepted):
+        name, values, keys = START, {}, {}
+    elif type(msg) in CORRELATIONS:
+        name = msg.type
+        values, keys = CORRELATIONS[type(msg)](msg)
+    else:
+        return False
+    status = await conn.execute(
+        "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        msg.id, order_id, name, json.dumps(values), json.dumps(keys),
+    )
+    return status.endswith("1")
+
+
+class ProcessBridge:
+    """Works off the inbox: a batch at a time, concurrently, rows locked while in flight."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, engine: Engine,
+                 start_variables: Callable[[str], Any]) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.engine = engine
+        self.start_variables = start_variables
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Correlate forever; woken by new inbox rows, otherwise every tick."""
+        while True:
+            try:
+                busy = await self.work_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - database or engine hiccup: try again shortly
+                logger.exception("process bridge round failed")
+                busy = False
+            if not busy:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), self.settings.tick * 5)
+                except TimeoutError:
+                    pass
+
+    async def work_once(self, limit: int = 64) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT * FROM process_inbox WHERE state = 'pending' AND next_try_at <= now()"
+                " ORDER BY received_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+                limit,
+            )
+            if not rows:
+                return False
+            # Rows of one order go in sequence (start before messages); orders in parallel.
+            # Only the engine is called concurrently: this connection stays with this task.
+            by_order: dict[str, list[asyncpg.Record]] = {}
+            for row in rows:
+                by_order.setdefault(row["order_id"], []).append(row)
+            results = await asyncio.gather(*(self._order_rows(rs) for rs in by_order.values()))
+            for updates in results:
+                for args in updates:
+                    await conn.execute(
+                        "UPDATE process_inbox SET state = $2, attempts = attempts + 1, last_error = $3,"
+                        " next_try_at = now() + make_interval(secs => $4),"
+                        " done_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END WHERE event_id = $1",
+                        *args,
+                    )
+            return len(rows) == limit
+
+    async def _order_rows(self, rows: list[asyncpg.Record]) -> list[tuple]:
+        out = []
+        for row in sorted(rows, key=lambda r: (r["message_name"] != START, r["received_at"])):
+            state, error = await self._handle(row)
+            delay = min(0.2 * 2 ** row["attempts"], 5.0)
+            out.append((row["event_id"], state, error, delay))
+        return out
+
+    async def _handle(self, row: asyncpg.Record) -> tuple[str, str | None]:
+        order_id = row["order_id"]
+        try:
+            if row["message_name"] == START:
+                return await self._start(order_id), None
+            await self.engine.correlate(
+                row["message_name"], order_id, json.loads(row["variables"]), json.loads(row["correlation"])
+            )
+            return "correlated", None
+        except EngineError as e:
+            if e.is_no_match:
+                return await self._unmatched(order_id, row), "no process instance waits for it (yet)"
+            return "pending", str(e)[:500]
+        except Exception as e:  # noqa: BLE001 - engine unreachable: retry later
+            return "pending", f"{type(e).__name__}: {e}"[:500]
+
+    async def _start(self, order_id: str) -> str:
+        """Start the order's instance unless one exists (or existed): idempotent."""
+        if await self.engine.history_instances(PROCESS_KEY, order_id):
+            return "discarded"
+        values = await self.start_variables(order_id)
+        if values is None:
+            return "discarded"
+        await self.engine.start_process(PROCESS_KEY, order_id, values)
+        return "correlated"
+
+    async def _unmatched(self, order_id: str, row: asyncpg.Record) -> str:
+        """Keep waiting while the instance runs (or has not started); give up once it has ended."""
+        history = await self.engine.history_instances(PROCESS_KEY, order_id)
+        if history and all(h["state"] != "ACTIVE" for h in history):
+            return "discarded"
+        received = row["received_at"]
+        age = await self.pool.fetchval("SELECT now() - $1::timestamptz", received)
+        return "discarded" if age > MAX_PENDING else "pending"

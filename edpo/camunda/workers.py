@@ -1,0 +1,231 @@
+"""External-task workers for the `order_fulfilment` process, one table per service.
+
+Each BPMN service task "Do thing" has the topic `do-thing` served by `do_thing()` below.
+Handlers are thin: read variables, send a command (and wait for its acknowledgment where
+the step is critical), complete. Technical faults become failures with retries and end as
+incidents in Cockpit; business outcomes are BPMN errors (`DELIVERY_REJECTED`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
+from camunda.external_task.external_task import ExternalTask, TaskResult
+
+from edpo.agents.runtime import retrying
+from edpo.camunda.commands import CommandClient, CommandUnanswered
+from edpo.config import Settings
+from edpo.models import (
+    DeliveryAccepted,
+    DeliveryRejected,
+    GoodsPacked,
+    Line,
+    ManufactureItems,
+    PackGoods,
+    PackingRejected,
+    ReleaseStock,
+    ReserveStock,
+    StartDelivery,
+    StockReleased,
+)
+from edpo.topics import (
+    delivery_commands_topic,
+    delivery_events_topic,
+    factory_commands_topic,
+    warehouse_commands_topic,
+    warehouse_events_topic,
+)
+
+logger = logging.getLogger(__name__)
+
+PROCESS_KEY = "order_fulfilment"
+
+
+@dataclass
+class TaskContext:
+    """What handlers may use: the command client and service-specific callbacks."""
+
+    settings: Settings
+    commands: CommandClient
+    source: str
+    cancel_order: Callable[[str, str], Awaitable[None]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[ExternalTask, TaskContext], Awaitable[TaskResult]]
+
+
+def _lines(task: ExternalTask, name: str) -> list[Line]:
+    raw = task.get_variable(name)
+    return [Line(sku=line["sku"], quantity=int(line["quantity"])) for line in json.loads(raw or "[]")]
+
+
+def _trace(task: ExternalTask) -> str:
+    return task.get_variable("trace_id") or ""
+
+
+# --- warehouse --------------------------------------------------------------------------------
+
+
+async def reserve_stock(task: ExternalTask, ctx: TaskContext) -> TaskResult:
+    """Ask the warehouse to reserve every line; the outcome arrives as an event the process waits for."""
+    order_id = task.get_business_key()
+    cmd = ReserveStock(order_id=order_id, lines=_lines(task, "lines"), source=ctx.source, trace_id=_trace(task))
+    await ctx.commands.send(warehouse_commands_topic, order_id, cmd)
+    return task.complete({})
+
+
+async def pack_goods(task: ExternalTask, ctx: TaskContext) -> TaskResult:
+    """Pick and pack: completes once the warehouse acknowledges GoodsPacked."""
+    order_id = task.get_business_key()
+    cmd = PackGoods(order_id=order_id, source=ctx.source, trace_id=_trace(task))
+    reply = await ctx.commands.request(warehouse_commands_topic, order_id, cmd, replies=(GoodsPacked, PackingRejected))
+    if isinstance(reply, PackingRejected):
+        raise RuntimeError(f"packing rejected: {reply.reason}")  # a technical fault: incident
+    return task.complete({})
+
+
+async def start_delivery(task: ExternalTask, ctx: TaskContext) -> TaskResult:
+    """Warehouse -> Delivery command with acknowledgment; the attempt number makes retries safe."""
+    order_id = task.get_business_key()
+    # A re-fetched task (worker crash before complete) computes the same attempt again, and
+    # the delivery service answers a known attempt with the same acknowledgment.
+    attempt = int(task.get_variable("delivery_attempt") or 0) + 1
+    cmd = StartDelivery(
+        order_id=order_id,
+        attempt=attempt,
+        delivery_address=task.get_variable("delivery_address") or "",
+        lines=_lines(task, "lines"),
+        source=ctx.source,
+        trace_id=_trace(task),
+    )
+    reply = await ctx.commands.request(
+        delivery_commands_topic, order_id, cmd, replies=(DeliveryAccepted, DeliveryRejected)
+    )
+    if isinstance(reply, DeliveryRejected):
+        return task.bpmn_error("DELIVERY_REJECTED", reply.reason, {"delivery_attempt": attempt})
+    return task.complete({"delivery_attempt": attempt})
+
+
+async def release_stock(task: ExternalTask, ctx: TaskContext) -> TaskResult:
+    """Compensation of "Reserve stock": the order's units go back to stock."""
+    order_id = task.get_business_key()
+    cmd = ReleaseStock(order_id=order_id, source=ctx.source, trace_id=_trace(task))
+    await ctx.commands.request(warehouse_commands_topic, order_id, cmd, replies=(StockReleased,))
+    return task.complete({})
+
+
+# --- factory ----------------------------------------------------------------------------------
+
+
+async def request_replenishment(task: ExternalTask, ctx: TaskContext) -> TaskResult:
+    """One ManufactureItems per missing SKU; the request id makes a retried task harmless."""
+    order_id = task.get_business_key()
+    for line in _lines(task, "missing"):
+        cmd = ManufactureItems(
+            sku=line.sku,
+            quantity=line.quantity,
+            request_id=f"{order_id}:{line.sku}",
+            order_id=order_id,
+            source=ctx.source,
+            trace_id=_trace(task),
+        )
+        await ctx.commands.send(factory_commands_topic, line.sku, cmd)
+    return task.complete({})
+
+
+# --- order ------------------------------------------------------------------------------------
+
+
+async def cancel_order(task: ExternalTask, ctx: TaskContext) -> TaskResult:
+    """Record the cancellation (the order service publishes OrderCancelled)."""
+    assert ctx.cancel_order is not None, "cancel-order is served by the order service"
+    await ctx.cancel_order(task.get_business_key(), "every delivery attempt failed")
+    return task.complete({})
+
+
+# The registry: which service serves which BPMN task topic.
+TASKS_BY_SERVICE: dict[str, dict[str, Handler]] = {
+    "order": {"cancel-order": cancel_order},
+    "warehouse": {
+        "reserve-stock": reserve_stock,
+        "pack-goods": pack_goods,
+        "start-delivery": start_delivery,
+        "release-stock": release_stock,
+    },
+    "factory": {"request-replenishment": request_replenishment},
+    "delivery": {},
+}
+
+
+def _bind(handler: Handler, ctx: TaskContext) -> Callable[[ExternalTask], Awaitable[TaskResult]]:
+    async def run(task: ExternalTask) -> TaskResult:
+        try:
+            return await handler(task, ctx)
+        except (CommandUnanswered, Exception) as e:  # noqa: BLE001 - becomes a retry, then an incident
+            logger.warning("task %s for %s failed: %s", task.get_topic_name(), task.get_business_key(), e)
+            retries = task._context.get("retries")  # noqa: SLF001
+            left = 2 if retries is None else max(int(retries) - 1, 0)
+            return task.failure(type(e).__name__, str(e), max_retries=left, retry_timeout=5000)
+
+    return run
+
+
+class _QuietCamundaLogs(logging.Filter):
+    """The client logs every poll at INFO on the root logger; keep warnings and errors only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.endswith("log_utils.py")
+
+
+def install_task_worker(app: faust.App, service: str, ctx_hook: Callable[[TaskContext], None] | None = None) -> None:
+    """Run this service's external-task handlers inside its Faust worker."""
+    handlers = TASKS_BY_SERVICE[service]
+    if not handlers:
+        return
+    settings: Settings = app.edpo_settings  # type: ignore[attr-defined]
+
+    @app.task
+    async def external_tasks() -> None:
+        """Poll Camunda for this service's external tasks and run them concurrently."""
+        for h in logging.getLogger().handlers:
+            h.addFilter(_QuietCamundaLogs())
+        commands = CommandClient(
+            settings.kafka_bootstrap,
+            [warehouse_events_topic, delivery_events_topic],
+            timeout=settings.command_timeout,
+            attempts=settings.command_attempts,
+        )
+        await retrying("command client start", commands.start)
+        ctx = TaskContext(settings=settings, commands=commands, source=f"{service}-worker")
+        if ctx_hook:
+            ctx_hook(ctx)
+        # The lock must outlast every resend of a command (timeout doubles each time).
+        lock_ms = int(settings.command_timeout * (2**settings.command_attempts) * 1000) + 30_000
+        worker = AsyncExternalTaskWorker(
+            worker_id=f"{service}-{os.environ.get('EDPO_INSTANCE', '1')}-{os.getpid()}",
+            base_url=settings.camunda_url,
+            config={
+                "maxConcurrentTasks": 64,
+                "lockDuration": lock_ms,
+                "asyncResponseTimeout": 5000,
+                "retries": 3,
+                "retryTimeout": 5000,
+                "sleepSeconds": 0.1,  # after an empty long poll; keeps latency low
+                "deserializeValues": False,  # Json variables arrive as JSON text
+            },
+        )
+        try:
+            await worker.subscribe({topic: _bind(h, ctx) for topic, h in handlers.items()})
+        finally:
+            await worker.stop()
+            await commands.stop()
+            await asyncio.sleep(0)

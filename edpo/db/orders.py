@@ -1,0 +1,191 @@
+"""The order service's persistence: orders, status history and the transactional outbox."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from edpo.domain.lifecycle import advances, rank, status_for
+from edpo.domain.order import NewOrder
+from edpo.models import AcceptOrder, Message, OrderPlaced, OrderStatusChanged, caused_by, encode, new_id
+from edpo.topics import TopicSpec, order_events_topic, warehouse_commands_topic
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "order"
+
+
+async def enqueue(conn: asyncpg.Connection, spec: TopicSpec, key: str, msg: Message, *, command: bool = False) -> None:
+    await conn.execute(
+        "INSERT INTO outbox (message_id, topic, key, payload, is_command) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (message_id) DO NOTHING",
+        msg.id, spec.name, key, encode(msg), command,
+    )
+
+
+async def create_order(pool: asyncpg.Pool, new: NewOrder, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Store a PLACED order with its OrderPlaced event and AcceptOrder command, atomically.
+
+    Returns (order, created); with a known idempotency key, the first order and False.
+    """
+    if idempotency_key:
+        existing = await pool.fetchval("SELECT order_id FROM orders WHERE idempotency_key = $1", idempotency_key)
+        if existing:
+            return await get_order(pool, existing), False  # type: ignore[return-value]
+    order_id = new_id()
+    placed = OrderPlaced(
+        source=SOURCE, order_id=order_id, customer_id=new.customer_id,
+        delivery_address=new.delivery_address, lines=new.items,
+    )
+    placed = msgspec.structs.replace(placed, trace_id=placed.id)  # the order's trace starts here
+    accept = caused_by(placed, AcceptOrder, source=SOURCE, order_id=order_id, lines=new.items,
+                       delivery_address=new.delivery_address)
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO orders (order_id, customer_id, delivery_address, status, status_rank,"
+                    " idempotency_key, trace_id) VALUES ($1, $2, $3, 'PLACED', $4, $5, $6)",
+                    order_id, new.customer_id, new.delivery_address, rank("PLACED"), idempotency_key, placed.trace_id,
+                )
+                await conn.executemany(
+                    "INSERT INTO order_lines (order_id, line_no, sku, quantity) VALUES ($1, $2, $3, $4)",
+                    [(order_id, i, line.sku, line.quantity) for i, line in enumerate(new.items)],
+                )
+                await conn.execute(
+                    "INSERT INTO order_history (order_id, status, event_id) VALUES ($1, 'PLACED', $2)",
+                    order_id, placed.id,
+                )
+                await enqueue(conn, order_events_topic, order_id, placed)
+                await enqueue(conn, warehouse_commands_topic, order_id, accept, command=True)
+        except asyncpg.UniqueViolationError:
+            # A concurrent request with the same idempotency key won the race.
+            existing = await pool.fetchval("SELECT order_id FROM orders WHERE idempotency_key = $1", idempotency_key)
+            return await get_order(pool, existing), False  # type: ignore[return-value]
+    return await get_order(pool, order_id), True  # type: ignore[return-value]
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+async def get_order(pool: asyncpg.Pool | asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+    if row is None:
+        return None
+    lines = await pool.fetch("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+    history = await pool.fetch(
+        "SELECT status, at, detail FROM order_history WHERE order_id = $1 ORDER BY id", order_id
+    )
+    return {
+        "order_id": row["order_id"],
+        "status": row["status"],
+        "customer_id": row["customer_id"],
+        "delivery_address": row["delivery_address"],
+        "items": [dict(r) for r in lines],
+        "history": [{"status": h["status"], "at": _iso(h["at"]), **({"detail": h["detail"]} if h["detail"] else {})}
+                    for h in history],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+        "trace_id": row["trace_id"],
+    }
+
+
+async def list_orders(pool: asyncpg.Pool, status: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT order_id, status, customer_id, created_at, updated_at FROM orders"
+        " WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
+        status, limit,
+    )
+    return [
+        {"order_id": r["order_id"], "status": r["status"], "customer_id": r["customer_id"],
+         "created_at": _iso(r["created_at"]), "updated_at": _iso(r["updated_at"])}
+        for r in rows
+    ]
+
+
+async def apply_status(conn: asyncpg.Connection, msg: Message) -> str | None:
+    """Move the order forward if the event says so; out-of-order and duplicate events change nothing.
+
+    Returns the new status, or None. Call inside a transaction.
+    """
+    change = status_for(msg)
+    if change is None:
+        return None
+    status, new_rank = change
+    order_id: str = msg.order_id  # type: ignore[attr-defined]
+    current = await conn.fetchrow("SELECT status_rank FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
+    if current is None:
+        logger.warning("%s for unknown order %s ignored", msg.type, order_id)
+        return None
+    if not advances(current["status_rank"], new_rank):
+        return None
+    await conn.execute(
+        "UPDATE orders SET status = $2, status_rank = $3, updated_at = now() WHERE order_id = $1",
+        order_id, status, new_rank,
+    )
+    detail = getattr(msg, "reason", None) or None
+    await conn.execute(
+        "INSERT INTO order_history (order_id, status, event_id, detail) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT DO NOTHING",
+        order_id, status, msg.id, detail,
+    )
+    changed = caused_by(msg, OrderStatusChanged, source=SOURCE, order_id=order_id, status=status)
+    await enqueue(conn, order_events_topic, order_id, changed)
+    return status
+
+
+async def ack_command(conn: asyncpg.Connection, command_id: str, ack: str) -> None:
+    """An acknowledgment arrived: the outbox stops resending the command."""
+    await conn.execute(
+        "UPDATE outbox SET acked_at = now(), ack = $2 WHERE message_id = $1 AND acked_at IS NULL", command_id, ack
+    )
+
+
+async def start_variables(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
+    """What the process needs at start, from the stored order."""
+    order = await pool.fetchrow("SELECT delivery_address, trace_id FROM orders WHERE order_id = $1", order_id)
+    if order is None:
+        return None
+    lines = await pool.fetch("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+    return {
+        "order_id": order_id,
+        "delivery_address": order["delivery_address"],
+        "lines": [dict(r) for r in lines],
+        "trace_id": order["trace_id"] or "",
+    }
+
+
+async def due_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Messages to (re)send now, locked for this relay round."""
+    return await conn.fetch(
+        "SELECT message_id, topic, key, payload, is_command, attempts FROM outbox"
+        " WHERE acked_at IS NULL AND next_send_at <= now()"
+        " ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+
+
+async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeout: float, max_backoff: float) -> None:
+    """Events are done once sent; commands wait for their ack and are resent with backoff."""
+    events = [r["message_id"] for r in rows if not r["is_command"]]
+    if events:
+        await conn.execute(
+            "UPDATE outbox SET sent_at = now(), acked_at = now(), ack = 'sent', attempts = attempts + 1"
+            " WHERE message_id = ANY($1)",
+            events,
+        )
+    for r in rows:
+        if r["is_command"]:
+            backoff = min(timeout * 2 ** r["attempts"], max_backoff)
+            if r["attempts"] >= 1:
+                logger.warning("command %s unanswered; resent (attempt %d)", r["message_id"], r["attempts"] + 1)
+            await conn.execute(
+                "UPDATE outbox SET sent_at = now(), attempts = attempts + 1,"
+                " next_send_at = now() + make_interval(secs => $2) WHERE message_id = $1",
+                r["message_id"], backoff,
+            )

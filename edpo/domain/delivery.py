@@ -1,0 +1,108 @@
+"""The courier: delivery attempts per order, decided when they start and reported when due.
+
+Each attempt is known by its number, so a resent StartDelivery is answered again without a
+second courier being sent; the outcome is fixed at the start so replaying the finish is harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from edpo.models import (
+    DeliveryAccepted,
+    DeliveryCompleted,
+    DeliveryFailed,
+    DeliveryRejected,
+    DeliveryStarted,
+    FinishDelivery,
+    Message,
+    StartDelivery,
+    caused_by,
+)
+
+SOURCE = "delivery"
+UNREACHABLE = "address unreachable"
+RANDOM_FAILURE = "courier failed (random)"
+
+
+class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How the simulated courier behaves: which addresses fail, how often it fails, how long it takes."""
+
+    unreachable_pattern: str
+    failure_rate: float
+    courier_time: float
+
+    def will_fail(self, address: str, roll: float) -> str:
+        """The failure reason for this address and dice roll (0 <= roll < 1), or "" for success."""
+        # An empty pattern would match every address; it means "no address is unreachable".
+        if self.unreachable_pattern and re.search(self.unreachable_pattern, address, re.IGNORECASE):
+            return UNREACHABLE
+        if roll < self.failure_rate:
+            return RANDOM_FAILURE
+        return ""
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One delivery attempt."""
+
+    status: Literal["in_transit", "delivered", "failed"]
+    due_at: float
+    failure: str = ""
+    address: str = ""
+    # The StartDelivery's trace, so the outcome (caused by a timer tick) stays in the order's trace.
+    trace_id: str = ""
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """An order's delivery attempts, keyed by str(attempt number) so the table stores them as JSON."""
+
+    order_id: str
+    attempts: dict[str, Attempt] = {}
+
+    def start(self, cmd: StartDelivery, now: float, policy: DeliveryPolicy, roll: float) -> list[Message]:
+        """Send the courier for a new attempt; a known attempt is only acknowledged again."""
+        if str(cmd.attempt) in self.attempts:
+            return [self._accepted(cmd)]
+        address = cmd.delivery_address.strip()
+        if not address:
+            return [
+                caused_by(cmd, DeliveryRejected, source=SOURCE, reply=True, order_id=self.order_id,
+                          attempt=cmd.attempt, reason="no delivery address")
+            ]
+        self.attempts[str(cmd.attempt)] = Attempt(
+            status="in_transit",
+            due_at=now + policy.courier_time,
+            failure=policy.will_fail(address, roll),
+            address=address,
+            trace_id=cmd.trace_id or cmd.id,
+        )
+        return [
+            self._accepted(cmd),
+            caused_by(cmd, DeliveryStarted, source=SOURCE, order_id=self.order_id, attempt=cmd.attempt),
+        ]
+
+    def due(self, now: float) -> list[int]:
+        """Numbers of the attempts in transit whose courier time is over."""
+        return sorted(int(n) for n, a in self.attempts.items() if a.status == "in_transit" and a.due_at <= now)
+
+    def finish(self, cmd: FinishDelivery) -> list[Message]:
+        """Report the outcome decided at the start; a repeated tick reports nothing."""
+        attempt = self.attempts.get(str(cmd.attempt))
+        if attempt is None or attempt.status != "in_transit":
+            return []
+        cause = msgspec.structs.replace(cmd, trace_id=attempt.trace_id) if attempt.trace_id else cmd
+        if attempt.failure:
+            attempt.status = "failed"
+            return [
+                caused_by(cause, DeliveryFailed, source=SOURCE, order_id=self.order_id, attempt=cmd.attempt,
+                          reason=attempt.failure)
+            ]
+        attempt.status = "delivered"
+        return [caused_by(cause, DeliveryCompleted, source=SOURCE, order_id=self.order_id, attempt=cmd.attempt)]
+
+    def _accepted(self, cmd: StartDelivery) -> DeliveryAccepted:
+        return caused_by(cmd, DeliveryAccepted, source=SOURCE, reply=True, order_id=self.order_id,
+                         attempt=cmd.attempt)

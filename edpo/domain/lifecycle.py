@@ -1,0 +1,112 @@
+"""The order's status as the order service records it, built from the other services' events.
+
+Events arrive late, twice and out of order (different topics, partitions and retries), so
+each status has a rank and an order only ever moves to a higher rank; see TRANSITIONS.
+"""
+
+from __future__ import annotations
+
+from edpo.models import (
+    DeliveryCompleted,
+    DeliveryFailed,
+    DeliveryStarted,
+    GoodsPacked,
+    OrderAccepted,
+    OrderCancelled,
+    OrderRejected,
+    StockPartiallyReserved,
+    StockReserved,
+)
+
+PLACED = "PLACED"
+ACCEPTED = "ACCEPTED"
+AWAITING_STOCK = "AWAITING_STOCK"
+RESERVED = "RESERVED"
+PACKED = "PACKED"
+SHIPPED = "SHIPPED"
+DELIVERY_FAILED = "DELIVERY_FAILED"
+DELIVERED = "DELIVERED"
+CANCELLED = "CANCELLED"
+REJECTED = "REJECTED"
+
+STATUSES: tuple[str, ...] = (
+    PLACED, ACCEPTED, AWAITING_STOCK, RESERVED, PACKED, SHIPPED, DELIVERY_FAILED, DELIVERED, CANCELLED, REJECTED,
+)
+
+TRANSITIONS = """\
+PLACED          -> ACCEPTED (OrderAccepted) | REJECTED (OrderRejected)
+ACCEPTED        -> AWAITING_STOCK (StockPartiallyReserved) | RESERVED (StockReserved)
+AWAITING_STOCK  -> RESERVED (StockReserved, once the missing units arrived)
+RESERVED        -> PACKED (GoodsPacked)
+PACKED          -> SHIPPED (DeliveryStarted, attempt 1)
+SHIPPED n       -> DELIVERED (DeliveryCompleted) | DELIVERY_FAILED n (DeliveryFailed)
+DELIVERY_FAILED n -> SHIPPED n+1 (DeliveryStarted, the retry)
+any non-terminal -> CANCELLED (OrderCancelled: out of attempts, or compensation)
+
+Every status has a rank; an event moves an order only to a higher rank, so a late or
+repeated event never moves it back (a DeliveryStarted of attempt 1 arriving after its
+DeliveryFailed is ignored). Ranks: PLACED 0 < ACCEPTED 100 < AWAITING_STOCK 200 <
+RESERVED 300 < PACKED 400 < SHIPPED n = 1000+10n < DELIVERY_FAILED n = 1000+10n+5 <
+DELIVERED 9000 < CANCELLED = REJECTED 9500.
+DELIVERED, CANCELLED and REJECTED are terminal: nothing moves an order out of them, so a
+delivered order is never cancelled and a cancelled order is never delivered, whichever of
+the two events the order service happens to read first.
+"""
+
+_RANKS: dict[str, int] = {
+    PLACED: 0,
+    ACCEPTED: 100,
+    AWAITING_STOCK: 200,
+    RESERVED: 300,
+    PACKED: 400,
+    DELIVERED: 9000,
+    CANCELLED: 9500,
+    REJECTED: 9500,
+}
+TERMINAL_RANK = _RANKS[DELIVERED]
+# Attempts beyond this would rank a failed delivery above DELIVERED; far more than any retry policy uses.
+MAX_ATTEMPT = (TERMINAL_RANK - 1 - 1000 - 5) // 10
+
+
+def rank(status: str, attempt: int = 0) -> int:
+    """The status's place in the total order; SHIPPED and DELIVERY_FAILED rank by attempt."""
+    n = max(0, min(attempt, MAX_ATTEMPT))
+    if status == SHIPPED:
+        return 1000 + 10 * n
+    if status == DELIVERY_FAILED:
+        return 1000 + 10 * n + 5
+    try:
+        return _RANKS[status]
+    except KeyError:
+        raise ValueError(f"unknown order status {status!r}") from None
+
+
+def status_for(event: object) -> tuple[str, int] | None:
+    """The status an event puts the order in, with its rank; None for events that do not."""
+    match event:
+        case OrderAccepted():
+            status, attempt = ACCEPTED, 0
+        case OrderRejected():
+            status, attempt = REJECTED, 0
+        case StockPartiallyReserved():
+            status, attempt = AWAITING_STOCK, 0
+        case StockReserved():
+            status, attempt = RESERVED, 0
+        case GoodsPacked():
+            status, attempt = PACKED, 0
+        case DeliveryStarted(attempt=n):
+            status, attempt = SHIPPED, n
+        case DeliveryFailed(attempt=n):
+            status, attempt = DELIVERY_FAILED, n
+        case DeliveryCompleted():
+            status, attempt = DELIVERED, 0
+        case OrderCancelled():
+            status, attempt = CANCELLED, 0
+        case _:
+            return None
+    return status, rank(status, attempt)
+
+
+def advances(current_rank: int, new_rank: int) -> bool:
+    """Whether a status of new_rank replaces one of current_rank: higher, and not out of a terminal status."""
+    return current_rank < TERMINAL_RANK and new_rank > current_rank

@@ -1,0 +1,172 @@
+"""One order inside the warehouse: its lines, how much of each is reserved, and what became of it.
+
+The order's SKUs may live on other partitions, so the reservation splits into per-SKU
+ReserveLine commands and completes when every SKU has answered with LineReserved.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from edpo.models import (
+    AcceptOrder,
+    DeliveryCompleted,
+    GoodsPacked,
+    GoodsPicked,
+    GoodsShipped,
+    Line,
+    LineReserved,
+    Message,
+    OrderAccepted,
+    OrderRejected,
+    PackGoods,
+    PackingRejected,
+    ReleaseLine,
+    ReleaseStock,
+    ReserveLine,
+    ReserveStock,
+    ShipLine,
+    StockPartiallyReserved,
+    StockReleased,
+    StockReserved,
+    caused_by,
+)
+
+SOURCE = "warehouse"
+
+
+def _summed(lines: list[Line]) -> dict[str, int]:
+    """Units per SKU; an order may name one SKU on several lines."""
+    totals: dict[str, int] = {}
+    for line in lines:
+        totals[line.sku] = totals.get(line.sku, 0) + line.quantity
+    return totals
+
+
+def _problems(lines: list[Line], catalog: set[str]) -> list[str]:
+    if not lines:
+        return ["the order has no lines"]
+    problems: list[str] = []
+    for i, line in enumerate(lines):
+        if line.sku not in catalog:
+            problems.append(f"line {i + 1}: unknown SKU {line.sku!r}")
+        if line.quantity <= 0:
+            problems.append(f"line {i + 1}: quantity of {line.sku!r} must be positive, got {line.quantity}")
+    return problems
+
+
+def accept(cmd: AcceptOrder, catalog: set[str]) -> tuple[OrderReservation | None, list[Message]]:
+    """Accept a new order whose lines the warehouse can serve, or reject it with the reason."""
+    problems = _problems(cmd.lines, catalog)
+    if problems:
+        reason = "; ".join(problems)
+        return None, [caused_by(cmd, OrderRejected, source=SOURCE, reply=True, order_id=cmd.order_id, reason=reason)]
+    reservation = OrderReservation(
+        order_id=cmd.order_id, lines=_summed(cmd.lines), accepted=True, delivery_address=cmd.delivery_address
+    )
+    return reservation, reservation.reaccept(cmd)
+
+
+class OrderReservation(msgspec.Struct, kw_only=True):
+    """An order's reservation across SKUs, and whether it was packed, released or shipped."""
+
+    order_id: str
+    lines: dict[str, int] = {}
+    reserved: dict[str, int] = {}
+    reported: list[str] = []
+    outcome: str = ""  # "", "partial" or "full"
+    packed: bool = False
+    released: bool = False
+    shipped: bool = False
+    accepted: bool = False
+    delivery_address: str = ""
+    reserve_requested: bool = False
+
+    def reaccept(self, cmd: AcceptOrder) -> list[Message]:
+        """Answer a (resent) AcceptOrder for a known order: it was accepted."""
+        return [caused_by(cmd, OrderAccepted, source=SOURCE, reply=True, order_id=self.order_id)]
+
+    def reserve(self, cmd: ReserveStock) -> list[Message]:
+        """Ask every SKU's stock for its units, once; a resent command gets the outcome so far."""
+        if not self.lines:
+            self.lines = _summed(cmd.lines)
+        if self.reserve_requested:
+            outcome = self._outcome_event(cmd)
+            return [outcome] if outcome is not None else []
+        self.reserve_requested = True
+        return [
+            caused_by(cmd, ReserveLine, source=SOURCE, order_id=self.order_id, sku=sku, quantity=qty)
+            for sku, qty in self.lines.items()
+        ]
+
+    def on_line_reserved(self, evt: LineReserved) -> list[Message]:
+        """Take one SKU's answer; report the outcome once every SKU has answered."""
+        if self.released or self.shipped or evt.sku not in self.lines:
+            return []
+        # Reservations of an open order only grow, so the larger count is the newer one.
+        self.reserved[evt.sku] = max(self.reserved.get(evt.sku, 0), evt.reserved)
+        if evt.sku not in self.reported:
+            self.reported.append(evt.sku)
+        if len(self.reported) < len(self.lines):
+            return []
+        if not self._missing():
+            if self.outcome == "full":
+                return []
+            self.outcome = "full"
+        elif self.outcome == "":
+            self.outcome = "partial"
+        else:
+            return []  # still short: the process already waits for StockReserved
+        outcome = self._outcome_event(evt)
+        return [outcome] if outcome is not None else []
+
+    def pack(self, cmd: PackGoods) -> list[Message]:
+        """Pick and pack a fully reserved order, once; a resent command gets the same answer."""
+        if self.released or self.outcome != "full":
+            reason = "stock was released" if self.released else "stock is not fully reserved"
+            return [caused_by(cmd, PackingRejected, source=SOURCE, reply=True, order_id=self.order_id, reason=reason)]
+        events: list[Message] = []
+        if not self.packed:
+            self.packed = True
+            events.append(caused_by(cmd, GoodsPicked, source=SOURCE, order_id=self.order_id))
+        events.append(caused_by(cmd, GoodsPacked, source=SOURCE, reply=True, order_id=self.order_id))
+        return events
+
+    def release(self, cmd: ReleaseStock) -> list[Message]:
+        """Compensation: give every SKU's units back, once; always acknowledge."""
+        events: list[Message] = []
+        # Once shipped the goods are gone and there is nothing to give back; the
+        # acknowledgment still lets the compensating process finish.
+        if not self.released and not self.shipped:
+            self.released = True
+            events += [
+                caused_by(cmd, ReleaseLine, source=SOURCE, order_id=self.order_id, sku=sku) for sku in self.lines
+            ]
+        events.append(caused_by(cmd, StockReleased, source=SOURCE, reply=True, order_id=self.order_id))
+        return events
+
+    def ship(self, evt: DeliveryCompleted) -> list[Message]:
+        """The goods were delivered: take them off every SKU's books, once."""
+        if self.shipped:
+            return []
+        self.shipped = True
+        events: list[Message] = [
+            caused_by(evt, ShipLine, source=SOURCE, order_id=self.order_id, sku=sku) for sku in self.lines
+        ]
+        events.append(caused_by(evt, GoodsShipped, source=SOURCE, order_id=self.order_id))
+        return events
+
+    def _missing(self) -> list[Line]:
+        return [
+            Line(sku=sku, quantity=qty - self.reserved.get(sku, 0))
+            for sku, qty in self.lines.items()
+            if self.reserved.get(sku, 0) < qty
+        ]
+
+    def _outcome_event(self, cause: Message) -> Message | None:
+        if self.outcome == "full":
+            return caused_by(cause, StockReserved, source=SOURCE, order_id=self.order_id)
+        if self.outcome == "partial":
+            return caused_by(cause, StockPartiallyReserved, source=SOURCE, order_id=self.order_id,
+                             missing=self._missing())
+        return None

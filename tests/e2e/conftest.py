@@ -1,0 +1,110 @@
+"""The whole stack through its public APIs: servers plus one worker per service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from edpo.camunda.engine import Engine
+from edpo.config import Settings
+
+FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Settings:
+    """Servers and workers up (a no-op when `make test` started them)."""
+    from edpo.cli import stack_up
+
+    if os.environ.get("EDPO_TEST_NO_START") != "1":
+        stack_up(settings, 1)
+    return settings
+
+
+class Api:
+    """The public HTTP APIs of the order and warehouse services (and a peek at the others)."""
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.s = settings
+        self.http = session
+        host = settings.host
+        self.orders = f"http://{host}:{settings.web_ports['order']}"
+        self.warehouse = f"http://{host}:{settings.web_ports['warehouse']}"
+        self.factory = f"http://{host}:{settings.web_ports['factory']}"
+        self.delivery = f"http://{host}:{settings.web_ports['delivery']}"
+
+    async def call(self, method: str, url: str, **kw: Any) -> tuple[int, Any]:
+        async with self.http.request(method, url, **kw) as r:
+            body = await r.json(content_type=None) if r.content_length != 0 else None
+            return r.status, body
+
+    async def place(self, items: list[tuple[str, int]], address: str = "Main Street 1, Bern", **kw: Any) -> dict:
+        body = {"customer_id": "e2e", "delivery_address": address,
+                "items": [{"sku": s, "quantity": q} for s, q in items]}
+        status, reply = await self.call("POST", f"{self.orders}/orders", json=body, **kw)
+        assert status == 201, reply
+        return reply
+
+    async def order(self, order_id: str) -> dict:
+        status, reply = await self.call("GET", f"{self.orders}/orders/{order_id}")
+        assert status == 200, reply
+        return reply
+
+    async def stock(self, sku: str) -> dict:
+        status, reply = await self.call("GET", f"{self.warehouse}/stock/{sku}")
+        assert status == 200, reply
+        return reply
+
+    async def receive(self, sku: str, quantity: int) -> None:
+        status, reply = await self.call("POST", f"{self.warehouse}/stock/{sku}/receipts", json={"quantity": quantity})
+        assert status == 202, reply
+
+    async def produced(self, sku: str) -> int:
+        _, reply = await self.call("GET", f"{self.factory}/production")
+        return sum(line["produced_total"] for line in reply["lines"] if line["sku"] == sku)
+
+    async def wait_final(self, order_id: str, timeout: float = 120) -> dict:
+        return await eventually(lambda: self.order(order_id), lambda o: o["status"] in FINAL, timeout,
+                                f"order {order_id} to reach a final status")
+
+
+async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float, what: str,
+                     interval: float = 0.25) -> T:
+    """Poll until ok(value) holds; fail with the last value seen when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await fetch()
+        if ok(last):
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+@pytest.fixture
+async def api(stack: Settings) -> Api:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield Api(stack, session)
+
+
+@pytest.fixture
+async def engine(stack: Settings) -> Engine:
+    async with Engine(stack.camunda_url) as e:
+        yield e
+
+
+async def ended_at(engine: Engine, order_id: str, timeout: float = 30) -> list[str]:
+    """The end events the order's process instance reached, once it has ended."""
+    history = await eventually(
+        lambda: engine.history_instances("order_fulfilment", order_id),
+        lambda h: len(h) == 1 and h[0]["state"] == "COMPLETED", timeout, f"process of {order_id} to complete",
+    )
+    acts = await engine.activity_history(history[0]["id"])
+    return [a["activityId"] for a in acts if a["activityType"] == "noneEndEvent"]

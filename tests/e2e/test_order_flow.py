@@ -1,0 +1,128 @@
+"""Orders through all four services and the Camunda process, on the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.partitioner import murmur2
+
+from edpo.camunda.engine import Engine
+from edpo.config.catalog import load_catalog
+
+from .conftest import Api, ended_at, eventually
+
+
+def _statuses(order: dict) -> list[str]:
+    return [h["status"] for h in order["history"]]
+
+
+async def _ensure_available(api: Api, sku: str, quantity: int) -> dict:
+    stock = await api.stock(sku)
+    if stock["available"] < quantity:
+        await api.receive(sku, quantity - stock["available"])
+        stock = await eventually(lambda: api.stock(sku), lambda s: s["available"] >= quantity, 30,
+                                 f"{sku} receipt to be booked")
+    return stock
+
+
+async def test_order_in_stock_is_delivered_and_on_hand_falls_by_exactly_the_quantity(api: Api, engine: Engine) -> None:
+    before = await _ensure_available(api, "LAMP", 2)
+    order = await api.place([("LAMP", 2)])
+    assert order["status"] == "PLACED"
+    final = await api.wait_final(order["order_id"])
+    assert final["status"] == "DELIVERED"
+    assert _statuses(final) == ["PLACED", "ACCEPTED", "RESERVED", "PACKED", "SHIPPED", "DELIVERED"]
+    after = await eventually(lambda: api.stock("LAMP"), lambda s: s["on_hand"] != before["on_hand"], 30,
+                             "LAMP shipped from the books")
+    assert after["on_hand"] == before["on_hand"] - 2
+    assert after["reserved"] == 0, "nothing stays reserved"
+    assert await ended_at(engine, order["order_id"]) == ["EndEvent_OrderDelivered"]
+
+
+async def test_order_for_more_than_available_awaits_stock_and_factory_replenishes(api: Api, engine: Engine) -> None:
+    before = await api.stock("DOCK")
+    produced_before = await api.produced("DOCK")
+    wanted = before["available"] + 3
+    order = await api.place([("DOCK", wanted)])
+    final = await api.wait_final(order["order_id"], timeout=180)
+    assert final["status"] == "DELIVERED"
+    statuses = _statuses(final)
+    assert "AWAITING_STOCK" in statuses
+    assert statuses.index("AWAITING_STOCK") < statuses.index("RESERVED") < statuses.index("DELIVERED")
+    assert await api.produced("DOCK") > produced_before, "the factory produced DOCKs"
+    assert await ended_at(engine, order["order_id"]) == ["EndEvent_OrderDelivered"]
+
+
+async def test_twenty_concurrent_orders_for_one_sku_never_oversell_and_stock_adds_up(api: Api) -> None:
+    sku = "WEBCAM"
+    before = await api.stock(sku)
+    assert before["reserved"] == 0
+    produced_before = await api.produced(sku)
+    per_order = max(1, before["available"] // 10 + 1)  # stock covers some orders, not all 20
+    assert 20 * per_order > before["available"]
+
+    samples: list[dict] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            samples.append(await api.stock(sku))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    orders = await asyncio.gather(*(api.place([(sku, per_order)]) for _ in range(20)))
+    finals = await asyncio.gather(*(api.wait_final(o["order_id"], timeout=240) for o in orders))
+    stop.set()
+    await watcher
+
+    assert [f["status"] for f in finals] == ["DELIVERED"] * 20
+    assert sum("AWAITING_STOCK" in _statuses(f) for f in finals) > 0, "some orders had to wait"
+    assert len(samples) > 5
+    for s in samples:
+        assert 0 <= s["reserved"] <= s["on_hand"], s
+        assert s["available"] == s["on_hand"] - s["reserved"] >= 0, s
+    produced = await api.produced(sku) - produced_before
+    after = await eventually(lambda: api.stock(sku), lambda s: s["reserved"] == 0, 30, "reservations shipped")
+    assert after["on_hand"] == before["on_hand"] + produced - 20 * per_order
+
+
+async def test_order_whose_skus_sit_on_different_partitions_is_delivered(api: Api) -> None:
+    partitions = api.s.partitions
+    catalog = load_catalog(api.s.catalog_file)
+    by_partition: dict[int, str] = {}
+    for item in catalog.skus:
+        by_partition.setdefault((murmur2(item.sku.encode()) & 0x7FFFFFFF) % partitions, item.sku)
+    assert len(by_partition) >= 2, "the catalog should spread over several partitions"
+    skus = list(by_partition.values())[:3]
+    for sku in skus:
+        await _ensure_available(api, sku, 1)
+    order = await api.place([(sku, 1) for sku in skus])
+    final = await api.wait_final(order["order_id"], timeout=180)
+    assert final["status"] == "DELIVERED"
+
+
+async def test_unreachable_address_is_retried_then_cancelled_with_goods_back_in_stock(api: Api, engine: Engine) -> None:
+    before = await _ensure_available(api, "HEADSET", 2)
+    order = await api.place([("HEADSET", 2)], address="Nowhere, UNREACHABLE valley")
+    final = await api.wait_final(order["order_id"], timeout=180)
+    assert final["status"] == "CANCELLED"
+    attempts = api.s.delivery_attempts
+    assert _statuses(final).count("DELIVERY_FAILED") == attempts
+    assert _statuses(final).count("SHIPPED") == attempts
+    _, deliveries = await api.call("GET", f"{api.delivery}/deliveries/{order['order_id']}")
+    assert sorted(deliveries["attempts"]) == [str(n) for n in range(1, attempts + 1)]
+    assert all(a["status"] == "failed" for a in deliveries["attempts"].values())
+    after = await eventually(lambda: api.stock("HEADSET"), lambda s: s["reserved"] == before["reserved"], 30,
+                             "goods back in stock")
+    assert after["on_hand"] == before["on_hand"]
+    assert after["available"] == before["available"]
+    assert await ended_at(engine, order["order_id"]) == ["EndEvent_OrderCancelled"]
+
+
+async def test_idempotency_key_returns_the_first_order(api: Api) -> None:
+    headers = {"Idempotency-Key": f"e2e-{asyncio.get_running_loop().time()}"}
+    first = await api.place([("CABLE", 1)], headers=headers)
+    second = await api.place([("CABLE", 1)], headers=headers)
+    assert second["order_id"] == first["order_id"]
+    final = await api.wait_final(first["order_id"])
+    assert final["status"] == "DELIVERED"

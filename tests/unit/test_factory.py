@@ -1,0 +1,122 @@
+"""Production per SKU: requests coalesce into batches of min_batch..capacity units with a lead time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from edpo.domain.factory import ProductionLine
+from edpo.models import CompleteProduction, ItemsManufactured, ManufactureItems, Message, ProductionStarted
+
+SKU = "BOLT"
+
+
+def ids() -> Callable[[], str]:
+    """A deterministic id source: p1, p2, ..."""
+    counter = iter(range(1, 1_000_000))
+    return lambda: f"p{next(counter)}"
+
+
+class Plant:
+    """A production line with fixed settings and a deterministic id source."""
+
+    def __init__(self, lead_time: float = 5.0, min_batch: int = 10, capacity: int = 100) -> None:
+        self.line = ProductionLine(sku=SKU)
+        self.plan = {"lead_time": lead_time, "min_batch": min_batch, "capacity": capacity, "new_id": ids()}
+
+    def request(self, qty: int, request_id: str, now: float = 0.0) -> list[Message]:
+        cmd = ManufactureItems(sku=SKU, quantity=qty, request_id=request_id)
+        return self.line.request(cmd, now, **self.plan)  # type: ignore[arg-type]
+
+    def complete(self, production_id: str, now: float) -> list[Message]:
+        cmd = CompleteProduction(sku=SKU, production_id=production_id)
+        return self.line.complete(cmd, now, **self.plan)  # type: ignore[arg-type]
+
+
+def started(events: list[Message]) -> list[tuple[str, int]]:
+    return [(e.production_id, e.quantity) for e in events if isinstance(e, ProductionStarted)]
+
+
+def made(events: list[Message]) -> list[tuple[str, int]]:
+    return [(e.production_id, e.quantity) for e in events if isinstance(e, ItemsManufactured)]
+
+
+def test_first_request_starts_a_batch_due_after_the_lead_time() -> None:
+    plant = Plant(lead_time=5.0)
+    assert started(plant.request(20, "q1", now=100.0)) == [("p1", 20)]
+    assert plant.line.due_at == 105.0
+    assert not plant.line.due(104.9)
+    assert plant.line.due(105.0)
+
+
+def test_small_request_is_rounded_up_to_the_minimum_batch() -> None:
+    plant = Plant(min_batch=10)
+    assert started(plant.request(3, "q1")) == [("p1", 10)]
+    assert plant.line.pending == 0
+
+
+def test_large_request_is_split_at_capacity() -> None:
+    plant = Plant(capacity=100)
+    assert started(plant.request(250, "q1")) == [("p1", 100)]
+    assert plant.line.pending == 150
+
+
+def test_duplicate_request_is_produced_once() -> None:
+    plant = Plant()
+    plant.request(20, "q1")
+    assert plant.request(20, "q1") == []
+    assert (plant.line.current_qty, plant.line.pending) == (20, 0)
+
+
+def test_requests_for_same_sku_coalesce_into_one_batch() -> None:
+    plant = Plant(lead_time=5.0)
+    plant.request(20, "q1", now=0.0)
+    assert plant.request(4, "q2", now=1.0) == []
+    assert plant.request(7, "q3", now=2.0) == []
+    events = plant.complete("p1", now=5.0)
+    assert made(events) == [("p1", 20)]
+    assert started(events) == [("p2", 11)]  # q2 and q3 together
+    assert plant.line.due_at == 10.0
+
+
+def test_completed_batch_with_nothing_pending_leaves_the_line_idle() -> None:
+    plant = Plant()
+    plant.request(20, "q1")
+    events = plant.complete("p1", now=5.0)
+    assert [type(e) for e in events] == [ItemsManufactured]
+    assert (plant.line.current_id, plant.line.produced_total, plant.line.batches) == ("", 20, 1)
+    assert not plant.line.due(1e9)
+
+
+def test_repeated_completion_tick_produces_nothing_twice() -> None:
+    plant = Plant()
+    plant.request(20, "q1")
+    plant.complete("p1", now=5.0)
+    assert plant.complete("p1", now=6.0) == []
+    assert plant.complete("", now=6.0) == []
+    assert plant.line.produced_total == 20
+
+
+def test_tick_for_another_batch_is_ignored() -> None:
+    plant = Plant()
+    plant.request(20, "q1")
+    assert plant.complete("p-old", now=5.0) == []
+    assert plant.line.current_id == "p1"
+
+
+def test_production_events_carry_the_request_trace() -> None:
+    plant = Plant()
+    cmd = ManufactureItems(sku=SKU, quantity=5, request_id="q1", trace_id="t-7")
+    events = plant.line.request(cmd, 0.0, **plant.plan)  # type: ignore[arg-type]
+    assert [(e.trace_id, e.source) for e in events] == [("t-7", "factory")]
+
+
+def test_production_line_survives_a_json_round_trip_as_table_value() -> None:
+    plant = Plant()
+    plant.request(20, "q1")
+    plant.request(4, "q2")
+    restored = msgspec.json.decode(msgspec.json.encode(plant.line), type=ProductionLine)
+    assert restored == plant.line
+    plant.line = restored
+    assert made(plant.complete("p1", now=5.0)) == [("p1", 20)]
