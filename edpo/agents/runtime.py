@@ -121,31 +121,25 @@ def raw_topic(app: faust.App, *specs: TopicSpec) -> faust.TopicT:
 
 
 class Outbox:
-    """Messages produced while handling one record, awaited before the record counts as done."""
+    """Sends the messages a handler produces.
+
+    Sends are buffered, not awaited one by one: Faust flushes its producer before it commits
+    a source offset, so a record only counts as done once everything it caused is in Kafka
+    (at-least-once) without paying a broker round trip per record.
+    """
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self._topics: dict[str, faust.TopicT] = {}
-        self._pending: list[Awaitable[Any]] = []
 
     def _topic(self, spec: TopicSpec) -> faust.TopicT:
         if spec.name not in self._topics:
             self._topics[spec.name] = raw_topic(self.app, spec)
         return self._topics[spec.name]
 
-    async def send(self, spec: TopicSpec, key: str, msg: Message) -> None:
-        fut = await self._topic(spec).send(key=key.encode(), value=encode(msg))
-        self._pending.append(fut)
-
-    async def send_all(self, items: Iterable[tuple[TopicSpec, str, Message]]) -> None:
-        for spec, key, msg in items:
-            await self.send(spec, key, msg)
-
-    async def flush(self) -> None:
-        """Wait until Kafka has every message (at-least-once: before the source offset commits)."""
-        pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+    async def send(self, spec: TopicSpec, key: str, msg: Message) -> Any:
+        """Queue msg for its topic; returns a future for callers that must wait (e.g. an HTTP reply)."""
+        return await self._topic(spec).send(key=key.encode(), value=encode(msg))
 
 
 Handler = Callable[[Message, Outbox], Awaitable[None]]
@@ -169,21 +163,17 @@ async def consume(app: faust.App, stream: faust.StreamT, handler: Handler, *, na
             msg = spec.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             await dead_letter(out, event, f"undecodable: {e}")
-            await out.flush()
             continue
         for attempt in range(1, HANDLER_ATTEMPTS + 1):
             try:
                 await handler(msg, out)
-                await out.flush()
                 break
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - one bad message must not stop the agent
-                out._pending.clear()
                 if attempt == HANDLER_ATTEMPTS:
                     logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, attempt)
                     await dead_letter(out, event, f"handler failed: {type(e).__name__}: {e}")
-                    await out.flush()
                 else:
                     logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, attempt)
                     await asyncio.sleep(0.2 * 2**attempt)

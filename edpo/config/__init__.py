@@ -53,6 +53,7 @@ SETTINGS_SPEC: list[tuple[str, str, str]] = [
     ("EDPO_DELIVERY_RETRY_BACKOFF", "2", "Seconds the process waits before retrying a failed delivery"),
     ("EDPO_COMMAND_TIMEOUT", "5", "Seconds to wait for a command's acknowledgment before resending"),
     ("EDPO_COMMAND_ATTEMPTS", "5", "Sends of an unanswered command before giving up (backoff doubles)"),
+    ("EDPO_TASK_POLLERS", "4", "Concurrent fetch-and-lock pollers per external-task topic in each worker"),
     ("EDPO_TICK", "0.2", "Seconds between scans for due timers (production, courier, outbox, inbox)"),
     ("EDPO_LOG_LEVEL", "info", "Log level of workers"),
 ]
@@ -96,6 +97,7 @@ class Settings:
     delivery_retry_backoff: float
     command_timeout: float
     command_attempts: int
+    task_pollers: int
     tick: float
     log_level: str
 
@@ -141,6 +143,7 @@ class Settings:
             delivery_retry_backoff=float(_env("EDPO_DELIVERY_RETRY_BACKOFF")),
             command_timeout=float(_env("EDPO_COMMAND_TIMEOUT")),
             command_attempts=int(_env("EDPO_COMMAND_ATTEMPTS")),
+            task_pollers=int(_env("EDPO_TASK_POLLERS")),
             tick=float(_env("EDPO_TICK")),
             log_level=_env("EDPO_LOG_LEVEL"),
         )

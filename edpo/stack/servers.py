@@ -243,7 +243,7 @@ class Camunda(Server):
         if self.s.camunda_db_url:
             env["EDPO_CAMUNDA_DB_URL"] = self.s.camunda_db_url
         self.proc.spawn(
-            [java, f"-Xmx{self.s.camunda_heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar", str(self.jar)],
+            [java, f"-Xmx{self.s.camunda_heap}", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=192m", "-jar", str(self.jar)],
             cwd=self.dir,
             env=env,
         )

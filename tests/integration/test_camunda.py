@@ -20,7 +20,8 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
     # A process key of its own, so the engine's persistent history cannot make this pass by accident.
     key = f"echo_test_{uuid.uuid4().hex[:8]}"
     bpmn = tmp_path / f"{key}.bpmn"
-    bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"'))
+    topic = f"echo-payload-{key}"
+    bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"').replace('"echo-payload"', f'"{topic}"'))
     async with Engine(servers.camunda_url) as engine:
         first = await engine.deploy(key, bpmn)
         again = await engine.deploy(key, bpmn)
@@ -46,7 +47,7 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
             config={"asyncResponseTimeout": 1000, "lockDuration": 10000, "sleepSeconds": 0.2,
                     "deserializeValues": False},  # Json arrives as its JSON text
         )
-        run = asyncio.create_task(worker.subscribe({"echo-payload": handle}))
+        run = asyncio.create_task(worker.subscribe({topic: handle}))
         try:
             deadline = asyncio.get_running_loop().time() + 30
             history: list = []
