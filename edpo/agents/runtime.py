@@ -50,6 +50,8 @@ def service_app(service: str, settings: Settings | None = None) -> faust.App:
         web_host=s.host,
         web_bind=s.host,
         web_port=web_port(s, service, instance),
+        # How other workers of this service reach this one (table routing): not the hostname.
+        canonical_url=f"http://{s.host}:{web_port(s, service, instance)}",
         topic_partitions=s.partitions,
         topic_replication_factor=1,
         # Standby copies would make local table scans (timers) see other workers' keys.

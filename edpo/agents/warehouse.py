@@ -182,7 +182,8 @@ async def _stock_of(sku: str) -> dict[str, Any] | None:
     owner = app.router.key_store(stock_by_sku.table.name, sku.encode())
     if owner == app.conf.canonical_url:
         return _stock_json(sku)
-    async with aiohttp.ClientSession() as s, s.get(f"{owner}stock/{sku}?local=1") as r:
+    url = owner.with_path(f"/stock/{sku}").with_query(local="1")
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
         return await r.json() if r.status == 200 else None
 
 

@@ -47,25 +47,27 @@ class CommandClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Connect; on failure nothing is left open, so the caller may simply try again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
         await self._consumer.start()
-        partitions = [
-            TopicPartition(spec.name, p)
-            for spec in self.reply_topics
-            for p in sorted(self._consumer.partitions_for_topic(spec.name) or await self._partitions(spec.name))
-        ]
+        partitions = []
+        for spec in self.reply_topics:  # every partition must be listened to: the producer knows them
+            known = await self._producer.partitions_for(spec.name)
+            partitions += [TopicPartition(spec.name, p) for p in sorted(known)]
         self._consumer.assign(partitions)
         await self._consumer.seek_to_end(*partitions)
         for tp in partitions:  # resolve the lazy seek now, so no reply sent after start() is missed
             await self._consumer.position(tp)
         self._reader = asyncio.create_task(self._read(), name="command-replies")
-
-    async def _partitions(self, topic: str) -> set[int]:
-        assert self._consumer is not None
-        await self._consumer._client.force_metadata_update()  # noqa: SLF001 - first start, empty metadata
-        return self._consumer.partitions_for_topic(topic) or {0}
 
     async def stop(self) -> None:
         if self._reader:
@@ -74,6 +76,7 @@ class CommandClient:
             await self._consumer.stop()
         if self._producer:
             await self._producer.stop()
+        self._reader = self._consumer = self._producer = None
 
     async def send(self, spec: TopicSpec, key: str, msg: Message) -> None:
         """Fire a message and wait until Kafka has it (no reply expected)."""
