@@ -15,7 +15,16 @@ from typing import Any
 import faust
 import msgspec
 
-from edpo.agents.runtime import Outbox, StructTable, consume, guarded_timer, raw_topic, service_app
+from edpo.agents.runtime import (
+    Outbox,
+    StructTable,
+    TickThrottle,
+    consume,
+    error_json,
+    guarded_timer,
+    raw_topic,
+    service_app,
+)
 from edpo.domain.delivery import Delivery, DeliveryPolicy
 from edpo.models import FinishDelivery, Message, StartDelivery
 from edpo.topics import delivery_commands_topic, delivery_events_topic
@@ -57,7 +66,7 @@ async def courier(stream: faust.StreamT) -> None:
     await consume(app, stream, on_command, name="courier")
 
 
-_ticked: dict[tuple[str, int], float] = {}
+_ticks = TickThrottle()
 
 
 @guarded_timer(app, settings.tick)
@@ -66,13 +75,10 @@ async def finish_due_deliveries() -> None:
     now = time.time()
     for order_id, delivery in deliveries_by_order.local_items():
         for attempt in delivery.due(now):
-            if now - _ticked.get((order_id, attempt), 0.0) > 5.0:
-                _ticked[(order_id, attempt)] = now
+            if _ticks.should_send((order_id, attempt), now):
                 tick = FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt)
                 await commands_topic.send(key=order_id.encode(), value=msgspec.json.encode(tick))
-    for key, at in list(_ticked.items()):
-        if now - at > 60:
-            del _ticked[key]
+    _ticks.prune(now)
 
 
 @app.page("/deliveries")
@@ -86,5 +92,5 @@ async def delivery_view(web: Any, request: Any, order_id: str) -> Any:
     """One order's delivery attempts."""
     d = deliveries_by_order.get(order_id)
     if d is None:
-        return web.json({"errors": [{"field": "order_id", "message": "no delivery for this order"}]}, status=404)
+        return error_json(web, 404, "order_id", "no delivery for this order")
     return web.json(msgspec.to_builtins(d))

@@ -14,7 +14,7 @@ from typing import Any
 import faust
 import msgspec
 
-from edpo.agents.runtime import Outbox, StructTable, consume, guarded_timer, raw_topic, service_app
+from edpo.agents.runtime import Outbox, StructTable, TickThrottle, consume, guarded_timer, raw_topic, service_app
 from edpo.camunda.workers import install_task_worker
 from edpo.domain.factory import ProductionLine
 from edpo.models import CompleteProduction, ManufactureItems, Message, new_id
@@ -59,8 +59,7 @@ async def production(stream: faust.StreamT) -> None:
     await consume(app, stream, on_command, name="production")
 
 
-# Ticks already sent, so the timer does not resend while the agent catches up (a cache, not state).
-_ticked: dict[str, float] = {}
+_ticks = TickThrottle()
 
 
 @guarded_timer(app, settings.tick)
@@ -68,13 +67,10 @@ async def finish_due_batches() -> None:
     """Send CompleteProduction for every batch whose lead time is over (local partitions)."""
     now = time.time()
     for sku, line in production_by_sku.local_items():
-        if line.due(now) and now - _ticked.get(line.current_id, 0.0) > 5.0:
-            _ticked[line.current_id] = now
+        if line.due(now) and _ticks.should_send(line.current_id, now):
             tick = CompleteProduction(source=SOURCE, sku=sku, production_id=line.current_id)
             await commands_topic.send(key=sku.encode(), value=msgspec.json.encode(tick))
-    for pid, at in list(_ticked.items()):
-        if now - at > 60:
-            del _ticked[pid]
+    _ticks.prune(now)
 
 
 install_task_worker(app, SOURCE)

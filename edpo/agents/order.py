@@ -16,7 +16,7 @@ import asyncpg
 import faust
 import msgspec
 
-from edpo.agents.runtime import Outbox, consume, raw_topic, retrying, service_app
+from edpo.agents.runtime import Outbox, consume, error_json, raw_topic, retrying, service_app
 from edpo.camunda import bridge
 from edpo.camunda.engine import Engine
 from edpo.camunda.workers import TaskContext, install_task_worker
@@ -164,10 +164,6 @@ install_task_worker(app, "order", _with_cancel)
 # --- REST API -------------------------------------------------------------------------------------
 
 
-def _json_error(web: Any, status: int, errors: list[dict[str, str]]) -> Any:
-    return web.json({"errors": errors}, status=status)
-
-
 @app.page("/orders")
 class OrdersView(faust.web.View):
     """POST /orders places an order; GET /orders?status=&limit= lists them."""
@@ -177,10 +173,10 @@ class OrdersView(faust.web.View):
         try:
             body = msgspec.json.decode(raw) if raw else None
         except msgspec.DecodeError as e:
-            return _json_error(self, 400, [{"field": "", "message": f"malformed JSON: {e}"}])
+            return error_json(self, 400, "", f"malformed JSON: {e}")
         new, errors = validate_new_order(body, catalog.sku_set)
         if new is None:
-            return _json_error(self, 422, errors)
+            return self.json({"errors": errors}, status=422)
         key = request.headers.get("Idempotency-Key") or None
         order, created = await repo.create_order(await pool(), new, key)
         if created:
@@ -193,13 +189,13 @@ class OrdersView(faust.web.View):
     async def get(self, request: faust.web.Request) -> faust.web.Response:
         status = request.query.get("status") or None
         if status is not None and status not in STATUSES:
-            return _json_error(self, 422, [{"field": "status", "message": f"unknown status {status!r}"}])
+            return error_json(self, 422, "status", f"unknown status {status!r}")
         try:
             limit = int(request.query.get("limit", "100"))
             if not 1 <= limit <= 1000:
                 raise ValueError
         except ValueError:
-            return _json_error(self, 422, [{"field": "limit", "message": "limit must be an integer 1..1000"}])
+            return error_json(self, 422, "limit", "limit must be an integer 1..1000")
         return self.json({"orders": await repo.list_orders(await pool(), status, limit)})
 
 
@@ -210,7 +206,7 @@ class OrderView(faust.web.View):
     async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
         order = await repo.get_order(await pool(), order_id)
         if order is None:
-            return _json_error(self, 404, [{"field": "order_id", "message": f"no order {order_id!r}"}])
+            return error_json(self, 404, "order_id", f"no order {order_id!r}")
         return self.json(order)
 
 

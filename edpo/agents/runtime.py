@@ -109,6 +109,32 @@ def guarded_timer(app: faust.App, interval: float) -> Callable[[Callable[[], Awa
     return register
 
 
+class TickThrottle:
+    """Remembers which ticks a timer sent recently, so it does not resend while the agent
+    catches up (a cache, not state: losing it only means one duplicate tick, which the
+    domain ignores)."""
+
+    def __init__(self, resend_after: float = 5.0, forget_after: float = 60.0) -> None:
+        self.resend_after, self.forget_after = resend_after, forget_after
+        self._sent: dict[Any, float] = {}
+
+    def should_send(self, key: Any, now: float) -> bool:
+        if now - self._sent.get(key, 0.0) <= self.resend_after:
+            return False
+        self._sent[key] = now
+        return True
+
+    def prune(self, now: float) -> None:
+        for key, at in list(self._sent.items()):
+            if now - at > self.forget_after:
+                del self._sent[key]
+
+
+def error_json(web: Any, status: int, field: str, message: str) -> Any:
+    """The error body every EDPO endpoint uses: {"errors": [{"field", "message"}]}."""
+    return web.json({"errors": [{"field": field, "message": message}]}, status=status)
+
+
 def raw_topic(app: faust.App, *specs: TopicSpec) -> faust.TopicT:
     """A Faust channel over one or more topics, bytes in and out (msgspec does the decoding)."""
     return app.topic(

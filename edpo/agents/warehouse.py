@@ -15,7 +15,7 @@ import aiohttp
 import faust
 import msgspec
 
-from edpo.agents.runtime import Outbox, StructTable, consume, raw_topic, service_app
+from edpo.agents.runtime import Outbox, StructTable, consume, error_json, raw_topic, service_app
 from edpo.camunda.workers import install_task_worker
 from edpo.config.catalog import load_catalog
 from edpo.domain.reservation import OrderReservation, accept
@@ -188,7 +188,7 @@ async def _stock_of(sku: str) -> dict[str, Any] | None:
 
 
 def _not_found(web: Any, sku: str) -> Any:
-    return web.json({"errors": [{"field": "sku", "message": f"unknown SKU {sku!r}"}]}, status=404)
+    return error_json(web, 404, "sku", f"unknown SKU {sku!r}")
 
 
 @app.page("/stock")
@@ -217,12 +217,10 @@ class Receipts(faust.web.View):
         try:
             body = msgspec.json.decode(await request.read())
         except msgspec.DecodeError as e:
-            return self.json({"errors": [{"field": "", "message": f"malformed JSON: {e}"}]}, status=400)
+            return error_json(self, 400, "", f"malformed JSON: {e}")
         qty = body.get("quantity") if isinstance(body, dict) else None
         if not isinstance(qty, int) or isinstance(qty, bool) or not 1 <= qty <= 1_000_000:
-            return self.json(
-                {"errors": [{"field": "quantity", "message": "quantity must be an integer 1..1000000"}]}, status=422
-            )
+            return error_json(self, 422, "quantity", "quantity must be an integer 1..1000000")
         receipt_id = request.headers.get("Idempotency-Key") or new_id()
         msg = ReceiveStock(source=SOURCE, sku=sku, quantity=qty, receipt_id=receipt_id)
         fut = await stock_commands.send(key=sku.encode(), value=msgspec.json.encode(msg))
@@ -235,5 +233,5 @@ async def reservation_view(web: Any, request: Any, order_id: str) -> Any:
     """One order's reservation as the warehouse sees it (local partitions)."""
     r = reservations_by_order.get(order_id)
     if r is None:
-        return web.json({"errors": [{"field": "order_id", "message": "unknown here"}]}, status=404)
+        return error_json(web, 404, "order_id", "no reservation for this order on this worker")
     return web.json(msgspec.to_builtins(r))
