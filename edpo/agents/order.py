@@ -85,6 +85,7 @@ async def relay_outbox() -> None:
     """Publish outbox rows (events once; commands until acknowledged, with backoff)."""
     producer_topics: dict[str, faust.TopicT] = {}
     while True:
+        res.relay_wake.clear()  # before looking, so a row written meanwhile is not missed
         try:
             sent = await _relay_once(producer_topics)
         except asyncio.CancelledError:
@@ -93,7 +94,6 @@ async def relay_outbox() -> None:
             logger.exception("outbox relay round failed")
             sent = 0
         if not sent:
-            res.relay_wake.clear()
             try:
                 await asyncio.wait_for(res.relay_wake.wait(), settings.tick)
             except TimeoutError:

@@ -84,6 +84,7 @@ class ProcessBridge:
     async def run(self) -> None:
         """Correlate forever; woken by new inbox rows, otherwise every tick."""
         while True:
+            self.wake.clear()  # before looking, so a row recorded meanwhile is not missed
             try:
                 busy = await self.work_once()
             except asyncio.CancelledError:
@@ -92,7 +93,6 @@ class ProcessBridge:
                 logger.exception("process bridge round failed")
                 busy = False
             if not busy:
-                self.wake.clear()
                 try:
                     await asyncio.wait_for(self.wake.wait(), self.settings.tick * 5)
                 except TimeoutError:
@@ -127,7 +127,7 @@ class ProcessBridge:
         out = []
         for row in sorted(rows, key=lambda r: (r["message_name"] != START, r["received_at"])):
             state, error = await self._handle(row)
-            delay = min(0.2 * 2 ** row["attempts"], 5.0)
+            delay = min(0.05 * 2 ** row["attempts"], 5.0)
             out.append((row["event_id"], state, error, delay))
         return out
 

@@ -323,7 +323,8 @@ class Postgres(Server):
         if not self.proc.running():
             return False
         self._run([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
-        return self.proc.stop()
+        self.proc.stop()  # only acts if pg_ctl left the postmaster behind
+        return True
 
     def healthy(self) -> bool:
         return asyncio.run(_pg_round_trip(self.s.host, self.s.pg_port))

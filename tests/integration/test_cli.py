@@ -54,6 +54,7 @@ def test_infra_up_is_idempotent_status_reports_and_down_leaves_nothing_running(i
 
     down = _edpo(env, "infra", "down")
     assert down.returncode == 0, down.stderr
+    assert down.stdout.count("stopped") == 3, down.stdout
     assert not any(pid_alive(p) for p in pids), "no server process may survive down"
     assert not any(port_open("127.0.0.1", p) for p in PORTS.values())
 
