@@ -63,7 +63,10 @@ async def open_resources() -> None:
         "database pool", lambda: asyncpg.create_pool(settings.database_url, min_size=2, max_size=20)
     )
     res.engine = Engine(settings.camunda_url)
-    await retrying("BPMN deployment", lambda: res.engine.deploy("edpo-order-fulfilment", BPMN))  # type: ignore[union-attr]
+    async def deploy() -> None:
+        await res.engine.deploy("edpo-order-fulfilment", BPMN)  # type: ignore[union-attr]
+
+    await retrying("BPMN deployment", deploy)
 
     async def start_vars(order_id: str) -> dict[str, Any] | None:
         values = await repo.start_variables(res.pool, order_id)  # type: ignore[arg-type]
@@ -73,7 +76,7 @@ async def open_resources() -> None:
             values["delivery_retry_backoff"] = f"PT{settings.delivery_retry_backoff:g}S"
         return values
 
-    res.bridge = bridge.ProcessBridge(settings, res.pool, res.engine, start_vars)
+    res.bridge = bridge.ProcessBridge(settings, res.pool, res.engine, start_vars, deploy)
     app.edpo_ready.set()  # type: ignore[attr-defined]
     await asyncio.gather(res.bridge.run(), relay_outbox())
 

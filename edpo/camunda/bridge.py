@@ -74,11 +74,12 @@ class ProcessBridge:
     """Works off the inbox: a batch at a time, concurrently, rows locked while in flight."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, engine: Engine,
-                 start_variables: Callable[[str], Any]) -> None:
+                 start_variables: Callable[[str], Any], deploy: Callable[[], Any]) -> None:
         self.settings = settings
         self.pool = pool
         self.engine = engine
         self.start_variables = start_variables
+        self.deploy = deploy
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -154,7 +155,15 @@ class ProcessBridge:
         values = await self.start_variables(order_id)
         if values is None:
             return "discarded"
-        await self.engine.start_process(PROCESS_KEY, order_id, values)
+        try:
+            await self.engine.start_process(PROCESS_KEY, order_id, values)
+        except EngineError as e:
+            if e.status not in (400, 404) or "process definition" not in str(e.body).lower():
+                raise
+            # The engine lost its deployments (a new database): deploy again, then start.
+            logger.warning("process %s not deployed; deploying it again", PROCESS_KEY)
+            await self.deploy()
+            await self.engine.start_process(PROCESS_KEY, order_id, values)
         return "correlated"
 
     async def _unmatched(self, order_id: str, row: asyncpg.Record) -> str:
