@@ -23,7 +23,7 @@ from edpo.camunda.workers import TaskContext, install_task_worker
 from edpo.config.catalog import load_catalog
 from edpo.db import orders as repo
 from edpo.db.migrate import migrate
-from edpo.domain.lifecycle import STATUSES
+from edpo.domain.lifecycle import STATUSES, status_for
 from edpo.domain.order import validate_new_order
 from edpo.models import Message, OrderAccepted, OrderCancelled, OrderRejected
 from edpo.topics import BY_NAME, delivery_events_topic, order_events_topic, warehouse_events_topic
@@ -126,6 +126,8 @@ events_topic = raw_topic(app, warehouse_events_topic, delivery_events_topic)
 
 async def on_event(msg: Message, out: Outbox) -> None:
     """Acknowledgments, lifecycle and the process inbox, in one transaction per event."""
+    if status_for(msg) is None and not bridge.wanted(msg):
+        return  # progress nobody here records (GoodsPicked, DeliveryAccepted, ...): no database trip
     db = await pool()
     async with db.acquire() as conn, conn.transaction():
         if isinstance(msg, (OrderAccepted, OrderRejected)):

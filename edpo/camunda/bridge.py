@@ -52,12 +52,17 @@ CORRELATIONS: dict[type[Message], Callable[[Any], tuple[dict[str, Any], dict[str
 MAX_PENDING = timedelta(hours=1)
 
 
+def wanted(msg: Message) -> bool:
+    """Does the process start on, or wait for, this event?"""
+    return isinstance(msg, OrderAccepted) or type(msg) in CORRELATIONS
+
+
 async def record(conn: asyncpg.Connection, msg: Message) -> bool:
     """Put an event the process cares about into the inbox (inside the caller's transaction)."""
     order_id: str = msg.order_id  # type: ignore[attr-defined]
     if isinstance(msg, OrderAccepted):
         name, values, keys = START, {}, {}
-    elif type(msg) in CORRELATIONS:
+    elif wanted(msg):
         name = msg.type
         values, keys = CORRELATIONS[type(msg)](msg)
     else:
@@ -74,8 +79,10 @@ class ProcessBridge:
     """Works off the inbox: a batch at a time, concurrently, rows locked while in flight."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, engine: Engine,
-                 start_variables: Callable[[str], Any], deploy: Callable[[], Any]) -> None:
+                 start_variables: Callable[[str], Any], deploy: Callable[[], Any],
+                 process_key: str = PROCESS_KEY) -> None:
         self.settings = settings
+        self.process_key = process_key
         self.pool = pool
         self.engine = engine
         self.start_variables = start_variables
@@ -150,25 +157,25 @@ class ProcessBridge:
 
     async def _start(self, order_id: str) -> str:
         """Start the order's instance unless one exists (or existed): idempotent."""
-        if await self.engine.history_instances(PROCESS_KEY, order_id):
+        if await self.engine.history_instances(self.process_key, order_id):
             return "discarded"
         values = await self.start_variables(order_id)
         if values is None:
             return "discarded"
         try:
-            await self.engine.start_process(PROCESS_KEY, order_id, values)
+            await self.engine.start_process(self.process_key, order_id, values)
         except EngineError as e:
             if e.status not in (400, 404) or "process definition" not in str(e.body).lower():
                 raise
             # The engine lost its deployments (a new database): deploy again, then start.
-            logger.warning("process %s not deployed; deploying it again", PROCESS_KEY)
+            logger.warning("process %s not deployed; deploying it again", self.process_key)
             await self.deploy()
-            await self.engine.start_process(PROCESS_KEY, order_id, values)
+            await self.engine.start_process(self.process_key, order_id, values)
         return "correlated"
 
     async def _unmatched(self, order_id: str, row: asyncpg.Record) -> str:
         """Keep waiting while the instance runs (or has not started); give up once it has ended."""
-        history = await self.engine.history_instances(PROCESS_KEY, order_id)
+        history = await self.engine.history_instances(self.process_key, order_id)
         if history and all(h["state"] != "ACTIVE" for h in history):
             return "discarded"
         received = row["received_at"]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,25 +18,7 @@ import pytest
 from edpo.camunda.engine import Engine, EngineError, variables
 from edpo.config import Settings
 
-SOURCE_BPMN = Path(__file__).resolve().parents[2] / "edpo" / "camunda" / "order_fulfilment.bpmn"
-# The model under test, with its own process key and task topics: the real workers (running
-# during `make test` for the end-to-end tests) serve `order_fulfilment`, never this copy.
-KEY = "order_fulfilment_isolated_test"
-TOPIC_PREFIX = "isolated-test-"
-DEPLOYMENT = "edpo-order-fulfilment-isolated-test"
-
-
-def _isolated_model() -> Path:
-    text = SOURCE_BPMN.read_text()
-    assert 'id="order_fulfilment"' in text
-    text = text.replace('id="order_fulfilment"', f'id="{KEY}"')
-    text = re.sub(r'camunda:topic="([a-z-]+)"', lambda m: f'camunda:topic="{TOPIC_PREFIX}{m.group(1)}"', text)
-    path = Path(tempfile.gettempdir()) / f"{KEY}.bpmn"
-    path.write_text(text)
-    return path
-
-
-BPMN = _isolated_model()
+from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, TOPIC_PREFIX
 TIMEOUT = 30.0
 
 LINES = [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-2", "quantity": 1}]
