@@ -16,8 +16,8 @@ import msgspec
 
 from edpo.agents.runtime import Outbox, StructTable, TickThrottle, consume, guarded_timer, raw_topic, service_app
 from edpo.camunda.workers import install_task_worker
-from edpo.domain.factory import ProductionLine
-from edpo.models import CompleteProduction, ManufactureItems, Message, new_id
+from edpo.domain.factory import ProductionLine, ProductionPlan
+from edpo.models import CompleteProduction, ManufactureItems, Message
 from edpo.topics import factory_commands_topic, factory_events_topic
 
 logger = logging.getLogger(__name__)
@@ -28,12 +28,9 @@ settings = app.edpo_settings  # type: ignore[attr-defined]
 production_by_sku = StructTable(app, "production_by_sku", ProductionLine, help="Production line per SKU")
 commands_topic = raw_topic(app, factory_commands_topic)
 
-PLAN = {
-    "lead_time": settings.factory_lead_time,
-    "min_batch": settings.factory_min_batch,
-    "capacity": settings.factory_capacity,
-    "new_id": new_id,
-}
+PLAN = ProductionPlan(
+    lead_time=settings.factory_lead_time, min_batch=settings.factory_min_batch, capacity=settings.factory_capacity
+)
 
 
 async def on_command(msg: Message, out: Outbox) -> None:
@@ -43,9 +40,9 @@ async def on_command(msg: Message, out: Outbox) -> None:
     now = time.time()
     match msg:
         case ManufactureItems():
-            events = line.request(msg, now, **PLAN)
+            events = line.request(msg, now, PLAN)
         case CompleteProduction():
-            events = line.complete(msg, now, **PLAN)
+            events = line.complete(msg, now, PLAN)
         case _:
             return
     production_by_sku.set(sku, line)

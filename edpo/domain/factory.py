@@ -7,6 +7,7 @@ burst of orders short of the same SKU is served by few batches instead of one pe
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgspec
 
@@ -17,11 +18,22 @@ from edpo.models import (
     Message,
     ProductionStarted,
     caused_by,
+    new_id,
 )
 
 SOURCE = "factory"
 # Enough to recognise a resent request; a request older than that cannot be resent any more.
 KEEP_IDS = 1000
+
+
+@dataclass(frozen=True)
+class ProductionPlan:
+    """How the factory produces: lead time per batch, batch size limits, and where ids come from."""
+
+    lead_time: float
+    min_batch: int
+    capacity: int
+    new_id: Callable[[], str] = new_id
 
 
 class ProductionLine(msgspec.Struct, kw_only=True):
@@ -40,11 +52,7 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         self,
         cmd: ManufactureItems,
         now: float,
-        *,
-        lead_time: float,
-        min_batch: int,
-        capacity: int,
-        new_id: Callable[[], str],
+        plan: ProductionPlan,
     ) -> list[Message]:
         """Queue the requested units (once per request id); start a batch if none is running."""
         if cmd.request_id in self.seen_requests:
@@ -53,7 +61,7 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         self.pending += max(0, cmd.quantity)
         if self.current_id:
             return []
-        return self._start(cmd, now, lead_time=lead_time, min_batch=min_batch, capacity=capacity, new_id=new_id)
+        return self._start(cmd, now, plan)
 
     def due(self, now: float) -> bool:
         """A batch is running and its lead time is over."""
@@ -63,11 +71,7 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         self,
         cmd: CompleteProduction,
         now: float,
-        *,
-        lead_time: float,
-        min_batch: int,
-        capacity: int,
-        new_id: Callable[[], str],
+        plan: ProductionPlan,
     ) -> list[Message]:
         """Finish the running batch (a repeated tick finishes nothing) and start the next if units wait."""
         if not self.current_id or cmd.production_id != self.current_id:
@@ -79,28 +83,24 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         self.produced_total += self.current_qty
         self.batches += 1
         self.current_id, self.current_qty, self.due_at = "", 0, 0.0
-        events += self._start(cmd, now, lead_time=lead_time, min_batch=min_batch, capacity=capacity, new_id=new_id)
+        events += self._start(cmd, now, plan)
         return events
 
     def _start(
         self,
         cause: Message,
         now: float,
-        *,
-        lead_time: float,
-        min_batch: int,
-        capacity: int,
-        new_id: Callable[[], str],
+        plan: ProductionPlan,
     ) -> list[Message]:
         """Start a batch for the pending units: at least min_batch, at most capacity."""
         if self.pending <= 0:
             return []
         # The surplus of a minimum-size batch is stock for later orders; capacity caps a batch,
         # and what does not fit waits for the next one.
-        qty = max(1, min(max(self.pending, min_batch), capacity))
+        qty = max(1, min(max(self.pending, plan.min_batch), plan.capacity))
         self.pending -= min(self.pending, qty)
-        self.current_id = new_id()
+        self.current_id = plan.new_id()
         self.current_qty = qty
-        self.due_at = now + lead_time
+        self.due_at = now + plan.lead_time
         return [caused_by(cause, ProductionStarted, source=SOURCE, sku=self.sku, production_id=self.current_id,
                           quantity=qty)]

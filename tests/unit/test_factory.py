@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from edpo.domain.factory import ProductionLine
+from edpo.domain.factory import ProductionLine, ProductionPlan
 from edpo.models import CompleteProduction, ItemsManufactured, ManufactureItems, Message, ProductionStarted
 
 SKU = "BOLT"
@@ -23,15 +23,15 @@ class Plant:
 
     def __init__(self, lead_time: float = 5.0, min_batch: int = 10, capacity: int = 100) -> None:
         self.line = ProductionLine(sku=SKU)
-        self.plan = {"lead_time": lead_time, "min_batch": min_batch, "capacity": capacity, "new_id": ids()}
+        self.plan = ProductionPlan(lead_time=lead_time, min_batch=min_batch, capacity=capacity, new_id=ids())
 
     def request(self, qty: int, request_id: str, now: float = 0.0) -> list[Message]:
         cmd = ManufactureItems(sku=SKU, quantity=qty, request_id=request_id)
-        return self.line.request(cmd, now, **self.plan)  # type: ignore[arg-type]
+        return self.line.request(cmd, now, self.plan)
 
     def complete(self, production_id: str, now: float) -> list[Message]:
         cmd = CompleteProduction(sku=SKU, production_id=production_id)
-        return self.line.complete(cmd, now, **self.plan)  # type: ignore[arg-type]
+        return self.line.complete(cmd, now, self.plan)
 
 
 def started(events: list[Message]) -> list[tuple[str, int]]:
@@ -108,7 +108,7 @@ def test_tick_for_another_batch_is_ignored() -> None:
 def test_production_events_carry_the_request_trace() -> None:
     plant = Plant()
     cmd = ManufactureItems(sku=SKU, quantity=5, request_id="q1", trace_id="t-7")
-    events = plant.line.request(cmd, 0.0, **plant.plan)  # type: ignore[arg-type]
+    events = plant.line.request(cmd, 0.0, plant.plan)
     assert [(e.trace_id, e.source) for e in events] == [("t-7", "factory")]
 
 
