@@ -183,6 +183,9 @@ async def consume(app: faust.App, stream: faust.StreamT, handler: Handler, *, na
         if spec is None:
             logger.warning("%s: record from undeclared topic %s skipped", name, topic)
             continue
+        if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
+            await dead_letter(out, event, "undecodable: record has no value")
+            continue
         try:
             kind = _type_decoder.decode(raw).type
             if kind not in spec.message_types:
@@ -209,7 +212,7 @@ async def consume(app: faust.App, stream: faust.StreamT, handler: Handler, *, na
 
 async def dead_letter(out: Outbox, event: Any, reason: str) -> None:
     key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else event.key
-    value = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+    value = event.value if isinstance(event.value, bytes) else b"" if event.value is None else str(event.value).encode()
     logger.error("dead letter from %s[%d]@%d: %s", event.message.topic, event.message.partition,
                  event.message.offset, reason)
     await out.send(

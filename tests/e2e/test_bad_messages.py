@@ -32,6 +32,7 @@ async def test_undecodable_command_is_dead_lettered_and_the_warehouse_keeps_work
         ]
         for value in bad:
             await producer.send_and_wait("warehouse-commands", key=marker.encode(), value=value)
+        await producer.send_and_wait("warehouse-commands", key=marker.encode(), value=None)  # a tombstone
         # an unknown type is skipped (logged), not dead-lettered
         await producer.send_and_wait("warehouse-commands", key=marker.encode(),
                                      value=json.dumps({"type": "FutureCommand", "order_id": marker}).encode())
@@ -41,7 +42,7 @@ async def test_undecodable_command_is_dead_lettered_and_the_warehouse_keeps_work
     letters = []
     try:
         async def collect() -> None:
-            while len(letters) < 2:
+            while len(letters) < 3:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     letters.extend(json.loads(r.value) for r in records if marker.encode() in r.value)
 
@@ -49,7 +50,8 @@ async def test_undecodable_command_is_dead_lettered_and_the_warehouse_keeps_work
     finally:
         await consumer.stop()
 
-    assert [letter["topic"] for letter in letters] == ["warehouse-commands", "warehouse-commands"]
+    assert [letter["topic"] for letter in letters] == ["warehouse-commands"] * 3
+    assert all(letter["key"] == marker for letter in letters)
     assert all(letter["reason"].startswith("undecodable") for letter in letters)
     assert marker in letters[0]["payload"]
 
