@@ -53,7 +53,8 @@ SETTINGS_SPEC: list[tuple[str, str, str]] = [
     ("EDPO_DELIVERY_RETRY_BACKOFF", "2", "Seconds the process waits before retrying a failed delivery"),
     ("EDPO_COMMAND_TIMEOUT", "5", "Seconds to wait for a command's acknowledgment before resending"),
     ("EDPO_COMMAND_ATTEMPTS", "5", "Sends of an unanswered command before giving up (backoff doubles)"),
-    ("EDPO_TASK_POLLERS", "4", "Concurrent fetch-and-lock pollers per external-task topic in each worker"),
+    ("EDPO_TASK_POLLERS", "1", "Concurrent fetch-and-lock pollers per external-task topic in each worker"),
+    ("EDPO_TASK_BATCH", "20", "Most external tasks one fetch-and-lock request takes"),
     ("EDPO_TICK", "0.2", "Seconds between scans for due timers (production, courier, outbox, inbox)"),
     ("EDPO_LOG_LEVEL", "info", "Log level of workers"),
 ]
@@ -98,6 +99,7 @@ class Settings:
     command_timeout: float
     command_attempts: int
     task_pollers: int
+    task_batch: int
     tick: float
     log_level: str
 
@@ -144,6 +146,7 @@ class Settings:
             command_timeout=float(_env("EDPO_COMMAND_TIMEOUT")),
             command_attempts=int(_env("EDPO_COMMAND_ATTEMPTS")),
             task_pollers=int(_env("EDPO_TASK_POLLERS")),
+            task_batch=int(_env("EDPO_TASK_BATCH")),
             tick=float(_env("EDPO_TICK")),
             log_level=_env("EDPO_LOG_LEVEL"),
         )
