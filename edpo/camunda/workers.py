@@ -169,8 +169,28 @@ TASKS_BY_SERVICE: dict[str, dict[str, Handler]] = {
 }
 
 
+async def keep_locked(task: ExternalTask, camunda_url: str, lock_ms: int) -> None:
+    """Renew the task's lock every third of its duration until cancelled.
+
+    Locks are short, so the tasks of a worker that died are handed out again soon; a handler
+    that is still waiting (for an acknowledgment, say) keeps its task by renewing the lock.
+    """
+    url = f"{camunda_url}/external-task/{task.get_task_id()}/extendLock"
+    while True:
+        await asyncio.sleep(lock_ms / 3000)
+        try:
+            async with _shared_httpx as http:
+                r = await http.post(url, json={"workerId": task.get_worker_id(), "newDuration": lock_ms})
+            if r.status_code >= 300:
+                logger.warning("could not extend the lock of %s: %s", task.get_task_id(), r.text[:200])
+        except httpx.HTTPError as e:
+            logger.warning("could not extend the lock of %s: %s", task.get_task_id(), e)
+
+
 def _bind(handler: Handler, ctx: TaskContext) -> Callable[[ExternalTask], Awaitable[TaskResult]]:
     async def run(task: ExternalTask) -> TaskResult:
+        lock_ms = int(ctx.settings.task_lock * 1000)
+        keeper = asyncio.create_task(keep_locked(task, ctx.settings.camunda_url, lock_ms))
         try:
             return await handler(task, ctx)
         except (CommandUnanswered, Exception) as e:  # noqa: BLE001 - becomes a retry, then an incident
@@ -178,6 +198,8 @@ def _bind(handler: Handler, ctx: TaskContext) -> Callable[[ExternalTask], Awaita
             retries = task._context.get("retries")  # noqa: SLF001
             left = 2 if retries is None else max(int(retries) - 1, 0)
             return task.failure(type(e).__name__, str(e), max_retries=left, retry_timeout=5000)
+        finally:
+            keeper.cancel()
 
     return run
 
@@ -259,6 +281,7 @@ def install_task_worker(app: faust.App, service: str, ctx_hook: Callable[[TaskCo
         """Poll Camunda for this service's external tasks and run them concurrently."""
         for h in logging.getLogger().handlers:
             h.addFilter(_QuietCamundaLogs())
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per poll otherwise
         commands = CommandClient(
             settings.kafka_bootstrap,
             [warehouse_events_topic, delivery_events_topic],
@@ -270,14 +293,13 @@ def install_task_worker(app: faust.App, service: str, ctx_hook: Callable[[TaskCo
         if ctx_hook:
             ctx_hook(ctx)
         # The lock must outlast every resend of a command (timeout doubles each time).
-        lock_ms = int(settings.command_timeout * (2**settings.command_attempts) * 1000) + 30_000
         workers = [
             BatchFetchingWorker(
                 worker_id=f"{service}-{os.environ.get('EDPO_INSTANCE', '1')}-{os.getpid()}-{n}",
                 base_url=settings.camunda_url,
                 config={
                     "maxConcurrentTasks": 64,
-                    "lockDuration": lock_ms,
+                    "lockDuration": int(settings.task_lock * 1000),
                     "asyncResponseTimeout": 5000,
                     "retries": 3,
                     "retryTimeout": 5000,

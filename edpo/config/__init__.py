@@ -55,6 +55,7 @@ SETTINGS_SPEC: list[tuple[str, str, str]] = [
     ("EDPO_COMMAND_ATTEMPTS", "5", "Sends of an unanswered command before giving up (backoff doubles)"),
     ("EDPO_TASK_POLLERS", "1", "Concurrent fetch-and-lock pollers per external-task topic in each worker"),
     ("EDPO_TASK_BATCH", "20", "Most external tasks one fetch-and-lock request takes"),
+    ("EDPO_TASK_LOCK", "30", "Seconds an external task stays locked; renewed while its handler runs"),
     ("EDPO_TICK", "0.2", "Seconds between scans for due timers (production, courier, outbox, inbox)"),
     ("EDPO_LOG_LEVEL", "info", "Log level of workers"),
 ]
@@ -100,6 +101,7 @@ class Settings:
     command_attempts: int
     task_pollers: int
     task_batch: int
+    task_lock: float
     tick: float
     log_level: str
 
@@ -147,6 +149,7 @@ class Settings:
             command_attempts=int(_env("EDPO_COMMAND_ATTEMPTS")),
             task_pollers=int(_env("EDPO_TASK_POLLERS")),
             task_batch=int(_env("EDPO_TASK_BATCH")),
+            task_lock=float(_env("EDPO_TASK_LOCK")),
             tick=float(_env("EDPO_TICK")),
             log_level=_env("EDPO_LOG_LEVEL"),
         )

@@ -71,3 +71,31 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
         )
         assert variables[0]["type"] == "Json"
         assert json.loads(variables[0]["value"]) == {"echo": payload, "lines": 1}
+
+
+async def test_a_waiting_handler_keeps_its_task_locked_past_the_lock_duration(servers: Settings, tmp_path: Path) -> None:
+    """keep_locked renews a short lock, so no other worker gets the task while its handler waits."""
+    from edpo.camunda.workers import keep_locked
+
+    key = f"echo_test_{uuid.uuid4().hex[:8]}"
+    topic = f"echo-payload-{key}"
+    bpmn = tmp_path / f"{key}.bpmn"
+    bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"').replace('"echo-payload"', f'"{topic}"'))
+    async with Engine(servers.camunda_url) as engine:
+        await engine.deploy(key, bpmn)
+        await engine.start_process(key, "lock-test", {"payload": {"n": 1}})
+        fetch = {"maxTasks": 1, "topics": [{"topicName": topic, "lockDuration": 1000}]}
+        [locked] = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "holder", **fetch})
+        task = ExternalTask(locked)
+        keeper = asyncio.create_task(keep_locked(task, servers.camunda_url, 1000))
+        try:
+            for _ in range(6):  # three lock durations, checked twice each
+                await asyncio.sleep(0.5)
+                stolen = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "thief", **fetch})
+                assert stolen == [], "the task was handed to another worker while its handler waited"
+        finally:
+            keeper.cancel()
+        await asyncio.sleep(1.5)  # no renewal any more: the lock runs out
+        [taken] = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "next", **fetch})
+        assert taken["id"] == locked["id"]
+        await engine.request("POST", f"/external-task/{taken['id']}/complete", json={"workerId": "next"})
