@@ -120,7 +120,3 @@ class Engine:
         return await self.request(
             "GET", "/history/activity-instance", params={"processInstanceId": process_instance_id, "sortBy": "startTime", "sortOrder": "asc"}
         )
-
-    async def incidents(self, process_instance_id: str | None = None) -> list[dict[str, Any]]:
-        params = {"processInstanceId": process_instance_id} if process_instance_id else {}
-        return await self.request("GET", "/incident", params=params)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -60,7 +60,6 @@ class TaskContext:
     commands: CommandClient
     source: str
     cancel_order: Callable[[str, str], Awaitable[None]] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[ExternalTask, TaskContext], Awaitable[TaskResult]]
