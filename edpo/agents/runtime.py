@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import faust
 import msgspec
 
@@ -31,6 +32,17 @@ class _TypeOnly(msgspec.Struct):
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 HANDLER_ATTEMPTS = 5
+# Failures of a server, not of the message: retried until the server is back, never dead-lettered,
+# so an outage of PostgreSQL or Camunda delays orders instead of stranding them.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+MAX_TRANSIENT_PAUSE = 30.0
 
 
 def instance_number() -> int:
@@ -195,19 +207,36 @@ async def consume(app: faust.App, stream: faust.StreamT, handler: Handler, *, na
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             await dead_letter(out, event, f"undecodable: {e}")
             continue
-        for attempt in range(1, HANDLER_ATTEMPTS + 1):
-            try:
-                await handler(msg, out)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - one bad message must not stop the agent
-                if attempt == HANDLER_ATTEMPTS:
-                    logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, attempt)
-                    await dead_letter(out, event, f"handler failed: {type(e).__name__}: {e}")
-                else:
-                    logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, attempt)
-                    await asyncio.sleep(0.2 * 2**attempt)
+        await _handle(out, event, msg, handler, name)
+
+
+async def _pause(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def _handle(out: Outbox, event: Any, msg: Message, handler: Handler, name: str) -> None:
+    """Run the handler; retry transient failures until they pass, others a few times, then dead-letter."""
+    outages = failures = 0
+    while True:
+        try:
+            await handler(msg, out)
+            return
+        except asyncio.CancelledError:
+            raise
+        except TRANSIENT as e:
+            outages += 1
+            pause = min(0.2 * 2**outages, MAX_TRANSIENT_PAUSE)
+            logger.warning("%s: %s hit a server failure (%s: %s); retry in %.1fs", name, msg.type,
+                           type(e).__name__, e, pause)
+            await _pause(pause)
+        except Exception as e:  # noqa: BLE001 - one bad message must not stop the agent
+            failures += 1
+            if failures >= HANDLER_ATTEMPTS:
+                logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, failures)
+                await dead_letter(out, event, f"handler failed: {type(e).__name__}: {e}")
+                return
+            logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, failures)
+            await _pause(0.2 * 2**failures)
 
 
 async def dead_letter(out: Outbox, event: Any, reason: str) -> None:
