@@ -282,9 +282,6 @@ class StructTable:
     def set(self, key: str, value: Any) -> None:
         self.table[key.encode()] = self._encoder.encode(value)
 
-    def delete(self, key: str) -> None:
-        self.table.pop(key.encode(), None)
-
     def local_items(self) -> list[tuple[str, Any]]:
         """The entries of partitions this worker owns (no standbys are kept)."""
         return [(k.decode(), self._load(v)) for k, v in list(self.table.items())]

@@ -93,11 +93,6 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
-    def tail(self, lines: int = 5) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def _signal_group(pid: int, sig: int) -> None:
