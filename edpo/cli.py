@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import urllib.error
@@ -13,7 +12,7 @@ import urllib.request
 from typing import Any
 
 from edpo.config import Settings, settings_table_markdown
-from edpo.stack.process import StackError
+from edpo.dev.process import StackError
 
 
 def _say(msg: str) -> None:
@@ -25,7 +24,7 @@ def _say(msg: str) -> None:
 
 
 def infra_up(settings: Settings) -> None:
-    from edpo.stack.servers import all_servers
+    from edpo.dev.servers import all_servers
     from edpo.topics import ensure_topics_sync
 
     for server in all_servers(settings):
@@ -36,7 +35,7 @@ def infra_up(settings: Settings) -> None:
 
 
 def infra_down(settings: Settings) -> None:
-    from edpo.stack.servers import all_servers
+    from edpo.dev.servers import all_servers
 
     for server in reversed(all_servers(settings)):
         stopped = server.down()
@@ -44,7 +43,7 @@ def infra_down(settings: Settings) -> None:
 
 
 def infra_status(settings: Settings) -> bool:
-    from edpo.stack.servers import all_servers
+    from edpo.dev.servers import all_servers
 
     ok = True
     for server in all_servers(settings):
@@ -55,17 +54,17 @@ def infra_status(settings: Settings) -> bool:
 
 
 def stack_up(settings: Settings, instances: int) -> None:
-    from edpo.stack.workers import SERVICES, start_worker, web_port
+    from edpo.dev.workers import SERVICES, start_worker
 
     infra_up(settings)
     for service in SERVICES:
         for n in range(1, instances + 1):
             state = start_worker(settings, service, n)
-            _say(f"{service + '-' + str(n):11} {state:16} http://{settings.host}:{web_port(settings, service, n)}/")
+            _say(f"{service + '-' + str(n):11} {state:16} http://{settings.host}:{settings.web_port(service, n)}/")
 
 
 def stack_down(settings: Settings) -> None:
-    from edpo.stack.workers import running_workers
+    from edpo.dev.workers import running_workers
 
     for proc in running_workers(settings):
         stopped = proc.stop()
@@ -74,7 +73,7 @@ def stack_down(settings: Settings) -> None:
 
 
 def stack_status(settings: Settings) -> bool:
-    from edpo.stack.workers import running_workers
+    from edpo.dev.workers import running_workers
 
     ok = infra_status(settings)
     for proc in running_workers(settings):
@@ -173,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    settings = Settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # health checks poll a broker that is starting
     try:
@@ -192,20 +191,19 @@ def main(argv: list[str] | None = None) -> int:
             case "status":
                 return 0 if stack_status(settings) else 1
             case "worker":
-                os.environ["EDPO_INSTANCE"] = str(args.instance)
-                from edpo.agents import run_worker
+                from edpo.agents import run
 
-                return run_worker(args.service, args.instance)
+                return run(args.service, settings.for_instance(args.instance))
             case "order":
                 return order_place(settings, args) if args.order_cmd == "place" else order_show(settings, args)
             case "stock":
                 return stock_show(settings)
             case "demo":
-                from edpo.demo import run_demo
+                from edpo.dev.demo import run_demo
 
                 return run_demo(settings)
             case "bench":
-                from edpo.bench import run_bench
+                from edpo.dev.bench import run_bench
 
                 return run_bench(settings, args.orders, args.runs)
             case "config":

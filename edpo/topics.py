@@ -1,5 +1,9 @@
 """Every Kafka topic of EDPO, declared once: name, key, partitions, message types, who talks.
 
+This is also where a message's route is decided: each message type belongs to exactly one
+topic, and the topic's `key` names the message field that is its Kafka key. `route()` reads
+that, and the one publisher of every service (`edpo.runtime.publish`) uses it.
+
 docs/messages.md is generated from this list (``python -m edpo.topics``), and the topics are
 created from it before any worker starts, so partition counts always match (Faust requires
 co-partitioned topics for its tables).
@@ -24,7 +28,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
-    key: str
+    key: str  # the field of every message on this topic that is its Kafka key
     value: Any  # a msgspec tagged union
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
@@ -39,9 +43,12 @@ class TopicSpec:
         return self.decoder.decode(raw)
 
     @property
+    def types(self) -> tuple[type[m.Message], ...]:
+        return typing.get_args(self.value) or (self.value,)
+
+    @property
     def message_types(self) -> list[str]:
-        args = typing.get_args(self.value) or (self.value,)
-        return [a.__name__ for a in args]
+        return [t.__name__ for t in self.types]
 
 
 order_events_topic = TopicSpec(
@@ -88,7 +95,7 @@ delivery_events_topic = TopicSpec(
     "Acknowledgments and courier outcomes.",
 )
 dead_letters_topic = TopicSpec(
-    "dead-letters", "original key", m.DeadLetter, ("every service",), ("operators",),
+    "dead-letters", "key", m.DeadLetter, ("every service",), ("operators",),
     "Messages that could not be decoded, with the reason; nothing is dropped silently.",
 )
 
@@ -106,6 +113,15 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     dead_letters_topic,
 )
 BY_NAME = {t.name: t for t in ALL_TOPICS}
+# Each message type travels on exactly one topic.
+TOPIC_OF: dict[type[m.Message], TopicSpec] = {cls: spec for spec in ALL_TOPICS for cls in spec.types}
+assert len(TOPIC_OF) == sum(len(spec.types) for spec in ALL_TOPICS), "a message type is declared on two topics"
+
+
+def route(msg: m.Message) -> tuple[TopicSpec, str]:
+    """The topic a message goes to and its key, both from the declarations above."""
+    spec = TOPIC_OF[type(msg)]
+    return spec, getattr(msg, spec.key) or ""
 
 
 async def ensure_topics(bootstrap: str, partitions: int, extra: tuple[str, ...] = ()) -> list[str]:

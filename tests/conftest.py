@@ -11,7 +11,7 @@ from edpo.config import Settings
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings.from_env()
+    return Settings()
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,22 @@
-"""The four services, one Faust app module each: order, warehouse, factory, delivery."""
+"""The four services, one place each: order (a package: it has a database), warehouse, factory,
+delivery. Each exposes `create_app(settings)`, its composition root."""
 
 from __future__ import annotations
 
-import importlib
-import sys
+from collections.abc import Callable
+
+from edpo.agents import delivery, factory, order, warehouse
+from edpo.config import Settings
+from edpo.runtime.app import ServiceApp, run_worker
+
+APPS: dict[str, Callable[[Settings], ServiceApp]] = {
+    "order": order.create_app,
+    "warehouse": warehouse.create_app,
+    "factory": factory.create_app,
+    "delivery": delivery.create_app,
+}
 
 
-def run_worker(service: str, instance: int = 1) -> int:
-    """Run one service's Faust worker in the foreground (EDPO_INSTANCE is already set)."""
-    module = importlib.import_module(f"edpo.agents.{service}")
-    app = module.app
-    level = app.edpo_settings.log_level.replace("warning", "warn")
-    sys.argv = [f"edpo-{service}-{instance}", "worker", "--loglevel", level, "--web-port", str(app.conf.web_port)]
-    app.main()
-    return 0
+def run(service: str, settings: Settings) -> int:
+    """Run one service's worker in the foreground until it is stopped."""
+    return run_worker(APPS[service](settings))

@@ -2,7 +2,8 @@
 
 The outcome of an attempt is decided when it starts (address pattern, random failure rate)
 and published when the courier's time is up; a timer notices due deliveries and sends the
-service a FinishDelivery tick through Kafka.
+service a FinishDelivery tick through Kafka. The delivery service serves no process task:
+the warehouse's worker sends it StartDelivery.
 """
 
 from __future__ import annotations
@@ -10,87 +11,79 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
-import faust
 import msgspec
 
-from edpo.agents.runtime import (
-    Outbox,
-    StructTable,
-    TickThrottle,
-    consume,
-    error_json,
-    guarded_timer,
-    raw_topic,
-    service_app,
-)
+from edpo.config import Settings
 from edpo.domain.delivery import Delivery, DeliveryPolicy
 from edpo.models import FinishDelivery, Message, StartDelivery
-from edpo.topics import delivery_commands_topic, delivery_events_topic
+from edpo.runtime.app import ServiceApp, error_json
+from edpo.runtime.publish import Publish
+from edpo.runtime.tables import Table, TickThrottle
+from edpo.topics import delivery_commands_topic
 
 logger = logging.getLogger(__name__)
 SOURCE = "delivery"
 
-app = service_app(SOURCE)
-settings = app.edpo_settings  # type: ignore[attr-defined]
-deliveries_by_order = StructTable(app, "deliveries_by_order", Delivery, help="Delivery attempts per order")
-commands_topic = raw_topic(app, delivery_commands_topic)
-policy = DeliveryPolicy(
-    unreachable_pattern=settings.unreachable_pattern,
-    failure_rate=settings.delivery_failure_rate,
-    courier_time=settings.courier_time,
-)
-_dice = random.Random()
 
+class Courier:
+    """The delivery service's handlers over its deliveries."""
 
-async def on_command(msg: Message, out: Outbox) -> None:
-    """StartDelivery is acknowledged and dispatched; FinishDelivery publishes the outcome."""
-    order_id: str = msg.order_id  # type: ignore[attr-defined]
-    delivery: Delivery = deliveries_by_order.get(order_id) or Delivery(order_id=order_id)
-    match msg:
-        case StartDelivery():
-            events = delivery.start(msg, time.time(), policy, _dice.random())
-        case FinishDelivery():
-            events = delivery.finish(msg)
-        case _:
+    def __init__(self, policy: DeliveryPolicy, deliveries_by_order: Table[Delivery], publish: Publish,
+                 clock: Callable[[], float] = time.time, dice: Callable[[], float] = random.random) -> None:
+        self.policy = policy
+        self.deliveries_by_order = deliveries_by_order
+        self.publish = publish
+        self.clock = clock
+        self.dice = dice
+        self._ticks = TickThrottle()
+
+    async def on_command(self, msg: Message) -> None:
+        """StartDelivery is acknowledged and dispatched; FinishDelivery publishes the outcome."""
+        if not isinstance(msg, (StartDelivery, FinishDelivery)):
             return
-    deliveries_by_order.set(order_id, delivery)
-    for event in events:
-        await out.send(delivery_events_topic, order_id, event)
+        delivery = self.deliveries_by_order.get(msg.order_id) or Delivery(order_id=msg.order_id)
+        if isinstance(msg, StartDelivery):
+            events = delivery.start(msg, self.clock(), self.policy, self.dice())
+        else:
+            events = delivery.finish(msg)
+        self.deliveries_by_order.set(msg.order_id, delivery)
+        await self.publish(*events)
+
+    async def finish_due_deliveries(self) -> None:
+        """Send FinishDelivery for every attempt whose courier time is over (local partitions)."""
+        now = self.clock()
+        for order_id, delivery in self.deliveries_by_order.local_items():
+            for attempt in delivery.due(now):
+                if self._ticks.should_send((order_id, attempt), now):
+                    await self.publish(FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt))
+        self._ticks.prune(now)
 
 
-@app.agent(commands_topic)
-async def courier(stream: faust.StreamT) -> None:
-    """Run deliveries."""
-    await consume(app, stream, on_command, name="courier")
+def create_app(settings: Settings) -> ServiceApp:
+    """The delivery worker: deliveries, the courier's timer and web views."""
+    app = ServiceApp(SOURCE, settings)
+    deliveries_by_order = app.struct_table("deliveries_by_order", Delivery, help="Delivery attempts per order")
+    policy = DeliveryPolicy(unreachable_pattern=settings.unreachable_pattern,
+                            failure_rate=settings.delivery_failure_rate, courier_time=settings.courier_time)
+    courier = Courier(policy, deliveries_by_order, app.publisher.publish)
 
+    app.agent_over("courier", courier.on_command, delivery_commands_topic)
+    app.every(settings.tick, courier.finish_due_deliveries)
 
-_ticks = TickThrottle()
+    @app.page("/deliveries")
+    async def deliveries_view(web: Any, request: Any) -> Any:
+        """Deliveries of the partitions this worker owns."""
+        return web.json({"deliveries": [msgspec.to_builtins(d) for _, d in deliveries_by_order.local_items()]})
 
+    @app.page("/deliveries/{order_id}")
+    async def delivery_view(web: Any, request: Any, order_id: str) -> Any:
+        """One order's delivery attempts."""
+        d = deliveries_by_order.get(order_id)
+        if d is None:
+            return error_json(web, 404, "order_id", "no delivery for this order")
+        return web.json(msgspec.to_builtins(d))
 
-@guarded_timer(app, settings.tick)
-async def finish_due_deliveries() -> None:
-    """Send FinishDelivery for every attempt whose courier time is over (local partitions)."""
-    now = time.time()
-    for order_id, delivery in deliveries_by_order.local_items():
-        for attempt in delivery.due(now):
-            if _ticks.should_send((order_id, attempt), now):
-                tick = FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt)
-                await commands_topic.send(key=order_id.encode(), value=msgspec.json.encode(tick))
-    _ticks.prune(now)
-
-
-@app.page("/deliveries")
-async def deliveries_view(web: Any, request: Any) -> Any:
-    """Deliveries of the partitions this worker owns."""
-    return web.json({"deliveries": [msgspec.to_builtins(d) for _, d in deliveries_by_order.local_items()]})
-
-
-@app.page("/deliveries/{order_id}")
-async def delivery_view(web: Any, request: Any, order_id: str) -> Any:
-    """One order's delivery attempts."""
-    d = deliveries_by_order.get(order_id)
-    if d is None:
-        return error_json(web, 404, "order_id", "no delivery for this order")
-    return web.json(msgspec.to_builtins(d))
+    return app

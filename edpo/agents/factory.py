@@ -1,79 +1,92 @@
 """The factory service: coalesces replenishment requests per SKU into production batches.
 
-A batch takes the configured lead time; the timer notices finished batches and sends the
+A batch takes the configured lead time; a timer notices finished batches and sends the
 factory a CompleteProduction tick through Kafka (tables are only written by agents), and the
-finished goods go to the warehouse as ItemsManufactured.
+finished goods go to the warehouse as ItemsManufactured. The factory also serves the
+process's request-replenishment task.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-import faust
 import msgspec
+from camunda.external_task.external_task import ExternalTask, TaskResult
 
-from edpo.agents.runtime import Outbox, StructTable, TickThrottle, consume, guarded_timer, raw_topic, service_app
-from edpo.camunda.workers import install_task_worker
+from edpo.camunda.worker import task_lines, task_trace
+from edpo.config import Settings
 from edpo.domain.factory import ProductionLine, ProductionPlan
 from edpo.models import CompleteProduction, ManufactureItems, Message
-from edpo.topics import factory_commands_topic, factory_events_topic
+from edpo.runtime.app import ServiceApp
+from edpo.runtime.publish import Publish
+from edpo.runtime.tables import Table, TickThrottle
+from edpo.topics import factory_commands_topic
 
 logger = logging.getLogger(__name__)
 SOURCE = "factory"
-
-app = service_app(SOURCE)
-settings = app.edpo_settings  # type: ignore[attr-defined]
-production_by_sku = StructTable(app, "production_by_sku", ProductionLine, help="Production line per SKU")
-commands_topic = raw_topic(app, factory_commands_topic)
-
-PLAN = ProductionPlan(
-    lead_time=settings.factory_lead_time, min_batch=settings.factory_min_batch, capacity=settings.factory_capacity
-)
+WORKER = "factory-worker"  # the source of commands sent by the factory's process task
 
 
-async def on_command(msg: Message, out: Outbox) -> None:
-    """ManufactureItems starts or joins a batch; CompleteProduction finishes one."""
-    sku: str = msg.sku  # type: ignore[attr-defined]
-    line: ProductionLine = production_by_sku.get(sku) or ProductionLine(sku=sku)
-    now = time.time()
-    match msg:
-        case ManufactureItems():
-            events = line.request(msg, now, PLAN)
-        case CompleteProduction():
-            events = line.complete(msg, now, PLAN)
-        case _:
+class Factory:
+    """The factory's handlers over its production lines."""
+
+    def __init__(self, plan: ProductionPlan, production_by_sku: Table[ProductionLine], publish: Publish,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.plan = plan
+        self.production_by_sku = production_by_sku
+        self.publish = publish
+        self.clock = clock
+        self._ticks = TickThrottle()
+
+    async def on_command(self, msg: Message) -> None:
+        """ManufactureItems starts or joins a batch; CompleteProduction finishes one."""
+        if not isinstance(msg, (ManufactureItems, CompleteProduction)):
             return
-    production_by_sku.set(sku, line)
-    for event in events:
-        await out.send(factory_events_topic, sku, event)
+        line = self.production_by_sku.get(msg.sku) or ProductionLine(sku=msg.sku)
+        if isinstance(msg, ManufactureItems):
+            events = line.request(msg, self.clock(), self.plan)
+        else:
+            events = line.complete(msg, self.clock(), self.plan)
+        self.production_by_sku.set(msg.sku, line)
+        await self.publish(*events)
+
+    async def finish_due_batches(self) -> None:
+        """Send CompleteProduction for every batch whose lead time is over (local partitions)."""
+        now = self.clock()
+        for sku, line in self.production_by_sku.local_items():
+            if line.due(now) and self._ticks.should_send(line.current_id, now):
+                await self.publish(CompleteProduction(source=SOURCE, sku=sku, production_id=line.current_id))
+        self._ticks.prune(now)
+
+    async def request_replenishment(self, task: ExternalTask) -> TaskResult:
+        """One ManufactureItems per missing SKU; the request id makes a retried task harmless."""
+        order_id = task.get_business_key()
+        await self.publish(*(
+            ManufactureItems(sku=line.sku, quantity=line.quantity, request_id=f"{order_id}:{line.sku}",
+                             order_id=order_id, source=WORKER, trace_id=task_trace(task))
+            for line in task_lines(task, "missing")
+        ), wait=True)
+        return task.complete({})
 
 
-@app.agent(commands_topic)
-async def production(stream: faust.StreamT) -> None:
-    """Run the production lines."""
-    await consume(app, stream, on_command, name="production")
+def create_app(settings: Settings) -> ServiceApp:
+    """The factory worker: production lines, their timer, the replenishment task and a web view."""
+    app = ServiceApp(SOURCE, settings)
+    production_by_sku = app.struct_table("production_by_sku", ProductionLine, help="Production line per SKU")
+    plan = ProductionPlan(lead_time=settings.factory_lead_time, min_batch=settings.factory_min_batch,
+                          capacity=settings.factory_capacity)
+    factory = Factory(plan, production_by_sku, app.publisher.publish)
 
+    app.agent_over("production", factory.on_command, factory_commands_topic)
+    app.every(settings.tick, factory.finish_due_batches)
+    app.serve_tasks({"request-replenishment": factory.request_replenishment})
 
-_ticks = TickThrottle()
+    @app.page("/production")
+    async def production_view(web: Any, request: Any) -> Any:
+        """Production lines of the partitions this worker owns."""
+        return web.json({"lines": [msgspec.to_builtins(line) for _, line in production_by_sku.local_items()]})
 
-
-@guarded_timer(app, settings.tick)
-async def finish_due_batches() -> None:
-    """Send CompleteProduction for every batch whose lead time is over (local partitions)."""
-    now = time.time()
-    for sku, line in production_by_sku.local_items():
-        if line.due(now) and _ticks.should_send(line.current_id, now):
-            tick = CompleteProduction(source=SOURCE, sku=sku, production_id=line.current_id)
-            await commands_topic.send(key=sku.encode(), value=msgspec.json.encode(tick))
-    _ticks.prune(now)
-
-
-install_task_worker(app, SOURCE)
-
-
-@app.page("/production")
-async def production_view(web: Any, request: Any) -> Any:
-    """Production lines of the partitions this worker owns."""
-    return web.json({"lines": [msgspec.to_builtins(line) for _, line in production_by_sku.local_items()]})
+    return app

@@ -1,16 +1,23 @@
-"""Settings read from the environment, with defaults that work on one machine.
+"""Settings: every knob declared once, read from `EDPO_*` environment variables.
 
-Every knob lives in ``SETTINGS_SPEC`` once: name, default and meaning. The README's
-configuration table is generated from it (``edpo config``), so the two cannot drift.
+Each field below is one setting: its name (``EDPO_`` + the field name in capitals), type,
+default and meaning. The README's configuration table is generated from these fields
+(``edpo config``), so code and documentation cannot drift. A settings object is built once,
+by the command line or a test, and passed in; nothing reads the environment at import.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("order", "warehouse", "factory", "delivery")
+# Further instances of a service listen on base port + 100 * (instance - 1).
+INSTANCE_PORT_STEP = 100
 
 
 def _default_root() -> Path:
@@ -21,146 +28,104 @@ def _default_root() -> Path:
     return Path.cwd()
 
 
-# (env var, default, description). Defaults are strings, parsed by Settings.
-SETTINGS_SPEC: list[tuple[str, str, str]] = [
-    ("EDPO_ROOT", "", "Project directory holding infra/ (default: the checkout)"),
-    ("EDPO_RUN_DIR", "", "Where server data, logs and pid files go (default: ROOT/.run)"),
-    ("EDPO_HOST", "127.0.0.1", "Address every server and service binds to"),
-    ("EDPO_KAFKA_PORT", "9092", "Kafka broker port"),
-    ("EDPO_KAFKA_CONTROLLER_PORT", "9093", "Kafka KRaft controller port"),
-    ("EDPO_KAFKA_BOOTSTRAP", "", "Kafka bootstrap servers (default: HOST:KAFKA_PORT)"),
-    ("EDPO_KAFKA_HEAP", "512m", "Kafka JVM max heap"),
-    ("EDPO_CAMUNDA_PORT", "8080", "Camunda engine HTTP port"),
-    ("EDPO_CAMUNDA_URL", "", "Camunda engine REST base (default: http://HOST:CAMUNDA_PORT/engine-rest)"),
-    ("EDPO_CAMUNDA_HEAP", "384m", "Camunda JVM max heap"),
-    ("EDPO_CAMUNDA_DB_URL", "", "JDBC URL for the engine database (default: H2 file in RUN_DIR)"),
-    ("EDPO_PG_PORT", "55432", "PostgreSQL port"),
-    ("EDPO_PG_BIN", "", "Directory of the PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)"),
-    ("EDPO_DATABASE_URL", "", "Order service database (default: postgresql://edpo@HOST:PG_PORT/edpo)"),
-    ("EDPO_PARTITIONS", "4", "Partitions of every EDPO topic"),
-    ("EDPO_ORDER_PORT", "6066", "Order service web port (REST API + table views)"),
-    ("EDPO_WAREHOUSE_PORT", "6067", "Warehouse service web port"),
-    ("EDPO_FACTORY_PORT", "6068", "Factory service web port"),
-    ("EDPO_DELIVERY_PORT", "6069", "Delivery service web port"),
-    ("EDPO_CATALOG", "", "JSON file with the catalog and starting stock (default: edpo/config/catalog.json)"),
-    ("EDPO_FACTORY_LEAD_TIME", "5", "Seconds the factory needs for one production batch"),
-    ("EDPO_FACTORY_MIN_BATCH", "10", "Smallest quantity the factory produces in one batch"),
-    ("EDPO_FACTORY_CAPACITY", "100", "Largest quantity the factory produces in one batch"),
-    ("EDPO_COURIER_TIME", "3", "Seconds a delivery takes"),
-    ("EDPO_UNREACHABLE_PATTERN", "unreachable", "Regex (case-insensitive): matching addresses always fail delivery"),
-    ("EDPO_DELIVERY_FAILURE_RATE", "0", "Probability (0..1) that a delivery fails at random"),
-    ("EDPO_DELIVERY_ATTEMPTS", "3", "Delivery attempts before the order is compensated and cancelled"),
-    ("EDPO_DELIVERY_RETRY_BACKOFF", "2", "Seconds the process waits before retrying a failed delivery"),
-    ("EDPO_COMMAND_TIMEOUT", "5", "Seconds to wait for a command's acknowledgment before resending"),
-    ("EDPO_COMMAND_ATTEMPTS", "5", "Sends of an unanswered command before giving up (backoff doubles)"),
-    ("EDPO_TASK_POLLERS", "1", "Concurrent fetch-and-lock pollers per external-task topic in each worker"),
-    ("EDPO_TASK_BATCH", "20", "Most external tasks one fetch-and-lock request takes"),
-    ("EDPO_TASK_LOCK", "30", "Seconds an external task stays locked; renewed while its handler runs"),
-    ("EDPO_TICK", "0.2", "Seconds between scans for due timers (production, courier, outbox, inbox)"),
-    ("EDPO_LOG_LEVEL", "info", "Log level of workers"),
-]
+class Settings(BaseSettings):
+    """A snapshot of the environment, parsed and checked once."""
 
+    # An empty variable means "the default", as it did before the settings had types.
+    model_config = SettingsConfigDict(env_prefix="EDPO_", env_ignore_empty=True, extra="ignore")
 
-def _env(name: str) -> str:
-    for spec_name, default, _ in SETTINGS_SPEC:
-        if spec_name == name:
-            return os.environ.get(name, default)
-    raise KeyError(name)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings:
-    """A snapshot of the environment, parsed once."""
-
-    root: Path
-    run_dir: Path
-    host: str
-    kafka_port: int
-    kafka_controller_port: int
-    kafka_bootstrap: str
-    kafka_heap: str
-    camunda_port: int
-    camunda_url: str
-    camunda_heap: str
-    camunda_db_url: str
-    pg_port: int
-    pg_bin: str
-    database_url: str
-    partitions: int
-    web_ports: dict[str, int] = field(default_factory=dict)
-    catalog_file: Path
-    factory_lead_time: float
-    factory_min_batch: int
-    factory_capacity: int
-    courier_time: float
-    unreachable_pattern: str
-    delivery_failure_rate: float
-    delivery_attempts: int
-    delivery_retry_backoff: float
-    command_timeout: float
-    command_attempts: int
-    task_pollers: int
-    task_batch: int
-    task_lock: float
-    tick: float
-    log_level: str
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        """Read every EDPO_* variable, falling back to local defaults."""
-        root = Path(_env("EDPO_ROOT") or _default_root())
-        run_dir = Path(_env("EDPO_RUN_DIR") or root / ".run")
-        host = _env("EDPO_HOST")
-        kafka_port = int(_env("EDPO_KAFKA_PORT"))
-        camunda_port = int(_env("EDPO_CAMUNDA_PORT"))
-        pg_port = int(_env("EDPO_PG_PORT"))
-        return cls(
-            root=root,
-            run_dir=run_dir,
-            host=host,
-            kafka_port=kafka_port,
-            kafka_controller_port=int(_env("EDPO_KAFKA_CONTROLLER_PORT")),
-            kafka_bootstrap=_env("EDPO_KAFKA_BOOTSTRAP") or f"{host}:{kafka_port}",
-            kafka_heap=_env("EDPO_KAFKA_HEAP"),
-            camunda_port=camunda_port,
-            camunda_url=_env("EDPO_CAMUNDA_URL") or f"http://{host}:{camunda_port}/engine-rest",
-            camunda_heap=_env("EDPO_CAMUNDA_HEAP"),
-            camunda_db_url=_env("EDPO_CAMUNDA_DB_URL"),
-            pg_port=pg_port,
-            pg_bin=_env("EDPO_PG_BIN"),
-            database_url=_env("EDPO_DATABASE_URL") or f"postgresql://edpo@{host}:{pg_port}/edpo",
-            partitions=int(_env("EDPO_PARTITIONS")),
-            web_ports={
-                "order": int(_env("EDPO_ORDER_PORT")),
-                "warehouse": int(_env("EDPO_WAREHOUSE_PORT")),
-                "factory": int(_env("EDPO_FACTORY_PORT")),
-                "delivery": int(_env("EDPO_DELIVERY_PORT")),
-            },
-            catalog_file=Path(_env("EDPO_CATALOG") or PACKAGE_ROOT / "config" / "catalog.json"),
-            factory_lead_time=float(_env("EDPO_FACTORY_LEAD_TIME")),
-            factory_min_batch=int(_env("EDPO_FACTORY_MIN_BATCH")),
-            factory_capacity=int(_env("EDPO_FACTORY_CAPACITY")),
-            courier_time=float(_env("EDPO_COURIER_TIME")),
-            unreachable_pattern=_env("EDPO_UNREACHABLE_PATTERN"),
-            delivery_failure_rate=float(_env("EDPO_DELIVERY_FAILURE_RATE")),
-            delivery_attempts=int(_env("EDPO_DELIVERY_ATTEMPTS")),
-            delivery_retry_backoff=float(_env("EDPO_DELIVERY_RETRY_BACKOFF")),
-            command_timeout=float(_env("EDPO_COMMAND_TIMEOUT")),
-            command_attempts=int(_env("EDPO_COMMAND_ATTEMPTS")),
-            task_pollers=int(_env("EDPO_TASK_POLLERS")),
-            task_batch=int(_env("EDPO_TASK_BATCH")),
-            task_lock=float(_env("EDPO_TASK_LOCK")),
-            tick=float(_env("EDPO_TICK")),
-            log_level=_env("EDPO_LOG_LEVEL"),
-        )
+    root: Path = Field(default_factory=_default_root, description="Project directory holding infra/ (default: the checkout)")
+    run_dir: Path = Field(
+        default_factory=lambda s: s["root"] / ".run",
+        description="Where server data, logs and pid files go (default: ROOT/.run)",
+    )
+    host: str = Field("127.0.0.1", description="Address every server and service binds to")
+    kafka_port: int = Field(9092, description="Kafka broker port")
+    kafka_controller_port: int = Field(9093, description="Kafka KRaft controller port")
+    kafka_bootstrap: str = Field(
+        default_factory=lambda s: f"{s['host']}:{s['kafka_port']}", description="Kafka bootstrap servers (default: HOST:KAFKA_PORT)")
+    kafka_heap: str = Field("512m", description="Kafka JVM max heap")
+    camunda_port: int = Field(8080, description="Camunda engine HTTP port")
+    camunda_url: str = Field(
+        default_factory=lambda s: f"http://{s['host']}:{s['camunda_port']}/engine-rest", description="Camunda engine REST base (default: http://HOST:CAMUNDA_PORT/engine-rest)"
+    )
+    camunda_heap: str = Field("384m", description="Camunda JVM max heap")
+    camunda_db_url: str = Field("", description="JDBC URL for the engine database (default: H2 file in RUN_DIR)")
+    pg_port: int = Field(55432, description="PostgreSQL port")
+    pg_bin: str = Field(
+        "", description="Directory of the PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)"
+    )
+    database_url: str = Field(
+        default_factory=lambda s: f"postgresql://edpo@{s['host']}:{s['pg_port']}/edpo", description="Order service database (default: postgresql://edpo@HOST:PG_PORT/edpo)"
+    )
+    partitions: int = Field(4, ge=1, description="Partitions of every EDPO topic")
+    order_port: int = Field(6066, description="Order service web port (REST API + table views)")
+    warehouse_port: int = Field(6067, description="Warehouse service web port")
+    factory_port: int = Field(6068, description="Factory service web port")
+    delivery_port: int = Field(6069, description="Delivery service web port")
+    instance: int = Field(
+        1, ge=1, description="Which worker of its service this process is (`edpo worker --instance` sets it)"
+    )
+    catalog: Path = Field(
+        default_factory=lambda: PACKAGE_ROOT / "config" / "catalog.json", description="JSON file with the catalog and starting stock (default: edpo/config/catalog.json)"
+    )
+    factory_lead_time: float = Field(5, ge=0, description="Seconds the factory needs for one production batch")
+    factory_min_batch: int = Field(10, ge=1, description="Smallest quantity the factory produces in one batch")
+    factory_capacity: int = Field(100, ge=1, description="Largest quantity the factory produces in one batch")
+    courier_time: float = Field(3, ge=0, description="Seconds a delivery takes")
+    unreachable_pattern: str = Field(
+        "unreachable", description="Regex (case-insensitive): matching addresses always fail delivery"
+    )
+    delivery_failure_rate: float = Field(
+        0, ge=0, le=1, description="Probability (0..1) that a delivery fails at random"
+    )
+    delivery_attempts: int = Field(
+        3, ge=1, description="Delivery attempts before the order is compensated and cancelled"
+    )
+    delivery_retry_backoff: float = Field(
+        2, ge=0, description="Seconds the process waits before retrying a failed delivery"
+    )
+    command_timeout: float = Field(
+        5, gt=0, description="Seconds to wait for a command's acknowledgment before resending"
+    )
+    command_attempts: int = Field(
+        5, ge=1, description="Sends of an unanswered command before giving up (backoff doubles)"
+    )
+    task_pollers: int = Field(
+        1, ge=1, description="Concurrent fetch-and-lock pollers per external-task topic in each worker"
+    )
+    task_batch: int = Field(20, ge=1, description="Most external tasks one fetch-and-lock request takes")
+    task_lock: float = Field(
+        30, gt=0, description="Seconds an external task stays locked; renewed while its handler runs"
+    )
+    tick: float = Field(
+        0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
+    )
+    log_level: str = Field("info", description="Log level of workers")
 
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
 
+    @property
+    def web_ports(self) -> dict[str, int]:
+        """Base web port of each service (its first instance)."""
+        return {s: getattr(self, f"{s}_port") for s in SERVICES}
+
+    def web_port(self, service: str, instance: int | None = None) -> int:
+        """The web port of one worker: the service's base port + 100 per further instance."""
+        return self.web_ports[service] + INSTANCE_PORT_STEP * ((instance or self.instance) - 1)
+
+    def for_instance(self, instance: int) -> Settings:
+        """The same settings for another worker of a service."""
+        return self.model_copy(update={"instance": instance})
+
 
 def settings_table_markdown() -> str:
-    """The configuration table for the README."""
+    """The configuration table for the README, from the fields above."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{n}` | `{d}` | {m} |" if d else f"| `{n}` | | {m} |" for n, d, m in SETTINGS_SPEC]
+    for name, field in Settings.model_fields.items():
+        # Derived defaults (a factory) are explained in the description.
+        default = " " if field.default in (PydanticUndefined, "") else f" `{field.default}` "
+        rows.append(f"| `EDPO_{name.upper()}` |{default}| {field.description} |")
     return "\n".join(rows)

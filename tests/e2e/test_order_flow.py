@@ -88,7 +88,7 @@ async def test_twenty_concurrent_orders_for_one_sku_never_oversell_and_stock_add
 
 async def test_order_whose_skus_sit_on_different_partitions_is_delivered(api: Api) -> None:
     partitions = api.s.partitions
-    catalog = load_catalog(api.s.catalog_file)
+    catalog = load_catalog(api.s.catalog)
     by_partition: dict[int, str] = {}
     for item in catalog.skus:
         by_partition.setdefault((murmur2(item.sku.encode()) & 0x7FFFFFFF) % partitions, item.sku)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from edpo.config.catalog import load_catalog
-from edpo.stack.workers import start_worker, web_port, worker_process
+from edpo.dev.workers import start_worker, worker_process
 
 from .conftest import Api, eventually
 
@@ -21,8 +21,8 @@ async def _owned(api: Api, port: int, skus: list[str]) -> set[str]:
 
 
 async def test_two_warehouse_workers_split_the_skus_and_orders_across_them_complete(api: Api) -> None:
-    skus = [item.sku for item in load_catalog(api.s.catalog_file).skus]
-    first, second = web_port(api.s, "warehouse", 1), web_port(api.s, "warehouse", 2)
+    skus = [item.sku for item in load_catalog(api.s.catalog).skus]
+    first, second = api.s.web_port("warehouse", 1), api.s.web_port("warehouse", 2)
     proc = worker_process(api.s, "warehouse", 2)
     await asyncio.to_thread(start_worker, api.s, "warehouse", 2)
     try:

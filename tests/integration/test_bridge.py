@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from edpo.camunda.bridge import ProcessBridge, record
+from edpo.agents.order.bridge import ProcessBridge, record
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
-from edpo.db.migrate import migrate
+from edpo.agents.order.migrate import migrate
 from edpo.models import OrderAccepted, StockReserved
 from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, TOPIC_PREFIX
 

@@ -75,7 +75,7 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
 
 async def test_a_waiting_handler_keeps_its_task_locked_past_the_lock_duration(servers: Settings, tmp_path: Path) -> None:
     """keep_locked renews a short lock, so no other worker gets the task while its handler waits."""
-    from edpo.camunda.workers import keep_locked
+    from edpo.camunda.worker import EngineTaskClient, keep_locked
 
     key = f"echo_test_{uuid.uuid4().hex[:8]}"
     topic = f"echo-payload-{key}"
@@ -86,8 +86,8 @@ async def test_a_waiting_handler_keeps_its_task_locked_past_the_lock_duration(se
         await engine.start_process(key, "lock-test", {"payload": {"n": 1}})
         fetch = {"maxTasks": 1, "topics": [{"topicName": topic, "lockDuration": 1000}]}
         [locked] = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "holder", **fetch})
-        task = ExternalTask(locked)
-        keeper = asyncio.create_task(keep_locked(task, servers.camunda_url, 1000))
+        client = EngineTaskClient("holder", engine, {}, batch=1)
+        keeper = asyncio.create_task(keep_locked(client, locked["id"], 1000))
         try:
             for _ in range(6):  # three lock durations, checked twice each
                 await asyncio.sleep(0.5)

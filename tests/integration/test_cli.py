@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edpo.stack.process import pid_alive, port_open
+from edpo.dev.process import pid_alive, port_open
 
 PORTS = {"EDPO_KAFKA_PORT": 19092, "EDPO_KAFKA_CONTROLLER_PORT": 19093, "EDPO_CAMUNDA_PORT": 18080, "EDPO_PG_PORT": 55442}
 

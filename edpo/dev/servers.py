@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from edpo.config import Settings
-from edpo.stack.process import ManagedProcess, StackError, port_open, wait_until
+from edpo.dev.process import ManagedProcess, StackError, port_open, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +352,7 @@ async def ensure_database(settings: Settings) -> None:
     """Create the edpo role and database if missing, then apply migrations."""
     import asyncpg
 
-    from edpo.db.migrate import migrate
+    from edpo.agents.order.migrate import migrate
 
     conn = await asyncpg.connect(host=settings.host, port=settings.pg_port, user="postgres", database="postgres")
     try:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from edpo.agents import runtime
-from edpo.models import Line, Message, ReserveStock, encode
+from edpo.models import DeadLetter, Line, Message, ReserveStock, encode
+from edpo.runtime.consume import consume
+from edpo.runtime.retry import HANDLER, HANDLER_ATTEMPTS
 
 
 @dataclass
@@ -41,28 +42,27 @@ class Recorder:
     def __init__(self, failures: list[BaseException] | None = None) -> None:
         self.handled: list[Message] = []
         self.dead: list[str] = []
+        self.pauses: list[float] = []
         self.failures = list(failures or [])
 
-    async def handler(self, msg: Message, out: Any) -> None:
+    async def handler(self, msg: Message) -> None:
         if self.failures:
             raise self.failures.pop(0)
         self.handled.append(msg)
 
+    async def publish(self, *messages: Message, wait: bool = False) -> None:
+        self.dead += [m.reason for m in messages if isinstance(m, DeadLetter)]
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+    async def consume(self, events: list[FakeEvent]) -> None:
+        await consume(FakeStream(events).events(), self.handler, name="t", publish=self.publish, sleep=self.sleep)
+
 
 @pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
-    rec = Recorder()
-
-    async def fake_dead_letter(out: Any, event: Any, reason: str) -> None:
-        rec.dead.append(reason)
-
-    async def no_sleep(_: float) -> None:
-        return None
-
-    monkeypatch.setattr(runtime, "dead_letter", fake_dead_letter)
-    monkeypatch.setattr(runtime, "_pause", no_sleep)
-    monkeypatch.setattr(runtime, "Outbox", lambda app: object())
-    return rec
+def recorder() -> Recorder:
+    return Recorder()
 
 
 def _valid() -> bytes:
@@ -70,7 +70,7 @@ def _valid() -> bytes:
 
 
 async def test_valid_message_is_decoded_once_and_handled(recorder: Recorder) -> None:
-    await runtime.consume(None, FakeStream([FakeEvent(_valid())]), recorder.handler, name="t")  # type: ignore[arg-type]
+    await recorder.consume([FakeEvent(_valid())])
     assert [m.type for m in recorder.handled] == ["ReserveStock"]
     assert recorder.dead == []
 
@@ -83,21 +83,22 @@ async def test_unknown_type_is_skipped_and_undecodable_records_are_dead_lettered
         FakeEvent(None),
         FakeEvent(_valid()),
     ]
-    await runtime.consume(None, FakeStream(events), recorder.handler, name="t")  # type: ignore[arg-type]
+    await recorder.consume(events)
     assert len(recorder.dead) == 3 and all(r.startswith("undecodable") for r in recorder.dead)
     assert [m.type for m in recorder.handled] == ["ReserveStock"], "the stream goes on after bad records"
 
 
 async def test_failing_handler_is_retried_then_dead_lettered_and_the_next_record_is_served(recorder: Recorder) -> None:
-    recorder.failures = [ValueError("bug")] * runtime.HANDLER_ATTEMPTS
-    await runtime.consume(None, FakeStream([FakeEvent(_valid()), FakeEvent(_valid())]), recorder.handler, name="t")  # type: ignore[arg-type]
+    recorder.failures = [ValueError("bug")] * HANDLER_ATTEMPTS
+    await recorder.consume([FakeEvent(_valid()), FakeEvent(_valid())])
     assert recorder.dead == ["handler failed: ValueError: bug"]
     assert len(recorder.handled) == 1
+    assert recorder.pauses == [HANDLER.delay(n) for n in range(1, HANDLER_ATTEMPTS)], "backoff between retries"
 
 
 async def test_server_outage_is_retried_until_it_passes_and_never_dead_lettered(recorder: Recorder) -> None:
-    recorder.failures = [ConnectionRefusedError("db down")] * (runtime.HANDLER_ATTEMPTS * 3) + [ValueError("then a bug")]
-    await runtime.consume(None, FakeStream([FakeEvent(_valid())]), recorder.handler, name="t")  # type: ignore[arg-type]
+    recorder.failures = [ConnectionRefusedError("db down")] * (HANDLER_ATTEMPTS * 3) + [ValueError("then a bug")]
+    await recorder.consume([FakeEvent(_valid())])
     assert recorder.dead == [], "one genuine failure after an outage is retried, not dead-lettered"
     assert len(recorder.handled) == 1
 
@@ -105,4 +106,4 @@ async def test_server_outage_is_retried_until_it_passes_and_never_dead_lettered(
 def test_cancellation_is_not_swallowed(recorder: Recorder) -> None:
     recorder.failures = [asyncio.CancelledError()]
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(runtime.consume(None, FakeStream([FakeEvent(_valid())]), recorder.handler, name="t"))  # type: ignore[arg-type]
+        asyncio.run(recorder.consume([FakeEvent(_valid())]))

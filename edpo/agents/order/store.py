@@ -1,25 +1,51 @@
-"""The order service's persistence: orders, status history and the transactional outbox."""
+"""The order service's persistence: orders, status history, the transactional outbox and the
+process inbox, in PostgreSQL.
+
+`OrderStore` owns the connection pool: it migrates the schema and opens the pool when the
+worker starts (retrying while PostgreSQL is not there) and closes it when the worker stops.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
+from edpo.agents.order import bridge
+from edpo.agents.order.migrate import migrate
 from edpo.domain.lifecycle import advances, rank, status_for
 from edpo.domain.order import NewOrder
-from edpo.models import AcceptOrder, Message, OrderPlaced, OrderStatusChanged, caused_by, encode, new_id
-from edpo.topics import TopicSpec, order_events_topic, warehouse_commands_topic
+from edpo.models import (
+    AcceptOrder,
+    Message,
+    OrderAccepted,
+    OrderCancelled,
+    OrderPlaced,
+    OrderRejected,
+    OrderStatusChanged,
+    caused_by,
+    encode,
+    new_id,
+)
+from edpo.runtime.retry import OUTBOX_CAP, STARTUP, Backoff
+from edpo.topics import BY_NAME, TopicSpec, route
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "order"
 
 
-async def enqueue(conn: asyncpg.Connection, spec: TopicSpec, key: str, msg: Message, *, command: bool = False) -> None:
+Send = Callable[[TopicSpec, str, bytes], Awaitable[Any]]
+
+
+async def enqueue(conn: asyncpg.Connection, msg: Message, *, command: bool = False) -> None:
+    """Keep msg for the relay, routed now (topic and key from topics.py), in the caller's transaction."""
+    spec, key = route(msg)
     await conn.execute(
         "INSERT INTO outbox (message_id, topic, key, payload, is_command) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (message_id) DO NOTHING",
@@ -60,8 +86,8 @@ async def create_order(pool: asyncpg.Pool, new: NewOrder, idempotency_key: str |
                     "INSERT INTO order_history (order_id, status, event_id) VALUES ($1, 'PLACED', $2)",
                     order_id, placed.id,
                 )
-                await enqueue(conn, order_events_topic, order_id, placed)
-                await enqueue(conn, warehouse_commands_topic, order_id, accept, command=True)
+                await enqueue(conn, placed)
+                await enqueue(conn, accept, command=True)
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same idempotency key won the race.
             existing = await pool.fetchval("SELECT order_id FROM orders WHERE idempotency_key = $1", idempotency_key)
@@ -135,7 +161,7 @@ async def apply_status(conn: asyncpg.Connection, msg: Message) -> str | None:
         order_id, status, msg.id, detail,
     )
     changed = caused_by(msg, OrderStatusChanged, source=SOURCE, order_id=order_id, status=status)
-    await enqueue(conn, order_events_topic, order_id, changed)
+    await enqueue(conn, changed)
     return status
 
 
@@ -170,7 +196,7 @@ async def due_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Recor
     )
 
 
-async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeout: float, max_backoff: float) -> None:
+async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeout: float) -> None:
     """Events are done once sent; commands wait for their ack and are resent with backoff."""
     events = [r["message_id"] for r in rows if not r["is_command"]]
     if events:
@@ -179,9 +205,10 @@ async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeou
             " WHERE message_id = ANY($1)",
             events,
         )
+    resend = Backoff(first=timeout, cap=OUTBOX_CAP)
     for r in rows:
         if r["is_command"]:
-            backoff = min(timeout * 2 ** r["attempts"], max_backoff)
+            backoff = resend.delay(r["attempts"] + 1)
             if r["attempts"] >= 1:
                 logger.warning("command %s unanswered; resent (attempt %d)", r["message_id"], r["attempts"] + 1)
             await conn.execute(
@@ -189,3 +216,76 @@ async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeou
                 " next_send_at = now() + make_interval(secs => $2) WHERE message_id = $1",
                 r["message_id"], backoff,
             )
+
+
+class OrderStore:
+    """The order service's database: opened when the worker starts, used by every handler."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._opened = asyncio.Event()
+
+    async def open(self) -> asyncpg.Pool:
+        """Migrate the schema and open the pool, retrying while PostgreSQL is not reachable."""
+        await STARTUP.retry("database migration", lambda: migrate(self.dsn))
+        self._pool = await STARTUP.retry(
+            "database pool", lambda: asyncpg.create_pool(self.dsn, min_size=2, max_size=20)
+        )
+        self._opened.set()
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def pool(self) -> asyncpg.Pool:
+        """The pool, once open (handlers may run before the worker has finished starting)."""
+        await self._opened.wait()
+        assert self._pool is not None
+        return self._pool
+
+    async def create(self, new: NewOrder, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        return await create_order(await self.pool(), new, idempotency_key)
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        return await get_order(await self.pool(), order_id)
+
+    async def find(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        return await list_orders(await self.pool(), status, limit)
+
+    async def record_event(self, msg: Message) -> tuple[str | None, bool]:
+        """Acknowledgment, lifecycle and process inbox for one event, in one transaction.
+
+        Returns the new status (or None) and whether the event was queued for the process."""
+        async with (await self.pool()).acquire() as conn, conn.transaction():
+            if isinstance(msg, (OrderAccepted, OrderRejected)):
+                await ack_command(conn, msg.correlation_id, msg.type)
+            status = await apply_status(conn, msg)
+            queued = await bridge.record(conn, msg)
+        return status, queued
+
+    async def cancel(self, order_id: str, reason: str, source: str) -> bool:
+        """CANCELLED, with OrderCancelled in the outbox; False if the order was final already."""
+        db = await self.pool()
+        trace = await db.fetchval("SELECT trace_id FROM orders WHERE order_id = $1", order_id)
+        cancelled = OrderCancelled(source=source, order_id=order_id, reason=reason, trace_id=trace or "")
+        async with db.acquire() as conn, conn.transaction():
+            if not await apply_status(conn, cancelled):
+                return False
+            await enqueue(conn, cancelled)
+        return True
+
+    async def start_variables(self, order_id: str) -> dict[str, Any] | None:
+        return await start_variables(await self.pool(), order_id)
+
+    async def relay_once(self, send: Send, command_timeout: float) -> int:
+        """Send the due outbox rows (events once; commands until acknowledged); returns how many."""
+        async with (await self.pool()).acquire() as conn, conn.transaction():
+            rows = await due_outbox(conn, 500)
+            if not rows:
+                return 0
+            futures = [await send(BY_NAME[r["topic"]], r["key"], bytes(r["payload"])) for r in rows]
+            await asyncio.gather(*futures)  # on Kafka before the rows count as sent
+            await mark_sent(conn, rows, command_timeout)
+            return len(rows)

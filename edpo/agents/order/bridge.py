@@ -18,8 +18,8 @@ from typing import Any
 
 import asyncpg
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, EngineError
-from edpo.camunda.workers import PROCESS_KEY
 from edpo.config import Settings
 from edpo.models import (
     DeliveryCompleted,
@@ -29,6 +29,7 @@ from edpo.models import (
     StockPartiallyReserved,
     StockReserved,
 )
+from edpo.runtime.retry import CORRELATION
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,15 @@ class ProcessBridge:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, engine: Engine,
                  start_variables: Callable[[str], Any], deploy: Callable[[], Any],
-                 process_key: str = PROCESS_KEY) -> None:
+                 process_key: str = ORDER_FULFILMENT, wake: asyncio.Event | None = None) -> None:
         self.settings = settings
         self.process_key = process_key
         self.pool = pool
         self.engine = engine
         self.start_variables = start_variables
         self.deploy = deploy
-        self.wake = asyncio.Event()
+        # Set by whoever records an inbox row, so the loop does not wait for its next tick.
+        self.wake = wake or asyncio.Event()
 
     async def run(self) -> None:
         """Correlate forever; woken by new inbox rows, otherwise every tick."""
@@ -135,7 +137,7 @@ class ProcessBridge:
         out = []
         for row in sorted(rows, key=lambda r: (r["message_name"] != START, r["received_at"])):
             state, error = await self._handle(row)
-            delay = min(0.05 * 2 ** row["attempts"], 5.0)
+            delay = CORRELATION.delay(row["attempts"] + 1)
             out.append((row["event_id"], state, error, delay))
         return out
 

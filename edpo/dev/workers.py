@@ -5,17 +5,10 @@ from __future__ import annotations
 import sys
 import urllib.request
 
-from edpo.config import Settings
-from edpo.stack.process import ManagedProcess, StackError, port_open, wait_until
+from edpo.config import SERVICES, Settings
+from edpo.dev.process import ManagedProcess, StackError, port_open, wait_until
 
-SERVICES = ("order", "warehouse", "factory", "delivery")
-
-# Further instances of a service listen on base port + 100 * (instance - 1).
-INSTANCE_PORT_STEP = 100
-
-
-def web_port(settings: Settings, service: str, instance: int = 1) -> int:
-    return settings.web_ports[service] + INSTANCE_PORT_STEP * (instance - 1)
+__all__ = ["SERVICES", "running_workers", "start_worker", "worker_process"]
 
 
 def worker_process(settings: Settings, service: str, instance: int = 1) -> ManagedProcess:
@@ -34,7 +27,7 @@ def _web_ready(settings: Settings, port: int) -> bool:
 def start_worker(settings: Settings, service: str, instance: int = 1) -> str:
     """Start one worker in the background and wait until its web server answers."""
     proc = worker_process(settings, service, instance)
-    port = web_port(settings, service, instance)
+    port = settings.web_port(service, instance)
     if proc.running():
         return "already running"
     if port_open(settings.host, port):

@@ -1,1 +1,0 @@
-"""PostgreSQL access for the order service: schema migrations and the connection pool."""
