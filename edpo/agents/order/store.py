@@ -61,7 +61,7 @@ async def create_order(pool: asyncpg.Pool, new: NewOrder, idempotency_key: str |
     if idempotency_key:
         existing = await pool.fetchval("SELECT order_id FROM orders WHERE idempotency_key = $1", idempotency_key)
         if existing:
-            return await get_order(pool, existing), False  # type: ignore[return-value]
+            return await _stored(pool, existing), False
     order_id = new_id()
     placed = OrderPlaced(
         source=SOURCE, order_id=order_id, customer_id=new.customer_id,
@@ -91,8 +91,15 @@ async def create_order(pool: asyncpg.Pool, new: NewOrder, idempotency_key: str |
         except asyncpg.UniqueViolationError:
             # A concurrent request with the same idempotency key won the race.
             existing = await pool.fetchval("SELECT order_id FROM orders WHERE idempotency_key = $1", idempotency_key)
-            return await get_order(pool, existing), False  # type: ignore[return-value]
-    return await get_order(pool, order_id), True  # type: ignore[return-value]
+            return await _stored(pool, existing), False
+    return await _stored(pool, order_id), True
+
+
+async def _stored(pool: asyncpg.Pool, order_id: str) -> dict[str, Any]:
+    """An order known to exist."""
+    order = await get_order(pool, order_id)
+    assert order is not None, order_id
+    return order
 
 
 def _iso(ts: datetime) -> str:

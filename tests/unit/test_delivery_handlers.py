@@ -1,0 +1,103 @@
+"""The courier's handlers over its deliveries, publisher, clock and dice (domain rules: test_delivery)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edpo.agents.delivery import Courier
+from edpo.domain.delivery import RANDOM_FAILURE, Attempt, Delivery, DeliveryPolicy
+from edpo.models import (
+    DeliveryAccepted,
+    DeliveryCompleted,
+    DeliveryFailed,
+    DeliveryStarted,
+    FinishDelivery,
+    Message,
+    StartDelivery,
+)
+from tests.unit.fakes import MemoryTable, RecordingPublish
+
+ORDER = "o-1"
+POLICY = DeliveryPolicy(unreachable_pattern="unreachable", failure_rate=0.5, courier_time=3.0)
+
+
+class Rig:
+    """A courier over an in-memory table, with a clock and a dice roll the test sets."""
+
+    def __init__(self, deliveries: dict[str, Delivery] | None = None, roll: float = 0.9) -> None:
+        self.now = 100.0
+        self.roll = roll
+        self.table = MemoryTable(deliveries)
+        self.publish = RecordingPublish()
+        self.courier = Courier(POLICY, self.table, self.publish, clock=lambda: self.now, dice=lambda: self.roll)
+
+
+def in_transit(due_at: float, failure: str = "") -> Attempt:
+    return Attempt(status="in_transit", due_at=due_at, failure=failure, address="Main St 1")
+
+
+def ticks(publish: RecordingPublish) -> list[tuple[str, int]]:
+    return [(m.order_id, m.attempt) for m in publish.sent if isinstance(m, FinishDelivery)]
+
+
+async def test_start_delivery_is_stored_due_after_the_courier_time_and_acknowledged() -> None:
+    rig = Rig()
+    cmd = StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1")
+    await rig.courier.on_command(cmd)
+    stored = rig.table.get(ORDER)
+    assert stored is not None and stored.attempts["1"].due_at == 103.0 and stored.attempts["1"].failure == ""
+    assert [(type(m), m.correlation_id) for m in rig.publish.sent] == [
+        (DeliveryAccepted, cmd.id), (DeliveryStarted, cmd.id)]
+
+
+async def test_the_dice_roll_decides_a_random_failure_at_the_start() -> None:
+    rig = Rig(roll=0.1)  # below the failure rate
+    await rig.courier.on_command(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
+    stored = rig.table.get(ORDER)
+    assert stored is not None and stored.attempts["1"].failure == RANDOM_FAILURE
+
+
+@pytest.mark.parametrize(("failure", "outcome", "status"), [
+    ("", DeliveryCompleted, "delivered"),
+    (RANDOM_FAILURE, DeliveryFailed, "failed"),
+])
+async def test_finish_delivery_stores_and_publishes_the_outcome(failure: str, outcome: type[Message],
+                                                                status: str) -> None:
+    rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(100.0, failure)})})
+    await rig.courier.on_command(FinishDelivery(order_id=ORDER, attempt=1))
+    stored = rig.table.get(ORDER)
+    assert stored is not None and stored.attempts["1"].status == status
+    assert rig.publish.types() == [outcome]
+
+
+@pytest.mark.parametrize("msg", [
+    DeliveryAccepted(order_id=ORDER, attempt=1),
+    DeliveryCompleted(order_id=ORDER, attempt=1),
+], ids=lambda m: m.type)
+async def test_courier_skips_messages_it_does_not_handle(msg: Message) -> None:
+    rig = Rig()
+    await rig.courier.on_command(msg)
+    assert rig.table.rows == {}
+    assert rig.publish.sent == []
+
+
+async def test_timer_ticks_only_attempts_whose_courier_time_is_over() -> None:
+    rig = Rig({
+        "o-1": Delivery(order_id="o-1", attempts={"1": in_transit(100.0)}),
+        "o-2": Delivery(order_id="o-2", attempts={"1": in_transit(100.5)}),
+        "o-3": Delivery(order_id="o-3", attempts={
+            "1": Attempt(status="failed", due_at=50.0), "2": in_transit(90.0)}),
+    })
+    await rig.courier.finish_due_deliveries()
+    assert sorted(ticks(rig.publish)) == [("o-1", 1), ("o-3", 2)]
+
+
+async def test_timer_ticks_a_due_attempt_once_while_the_agent_catches_up() -> None:
+    rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(90.0)})})
+    await rig.courier.finish_due_deliveries()
+    rig.now += 1.0
+    await rig.courier.finish_due_deliveries()
+    assert ticks(rig.publish) == [(ORDER, 1)]
+    rig.now += 60.0  # the tick got lost: send it again
+    await rig.courier.finish_due_deliveries()
+    assert ticks(rig.publish) == [(ORDER, 1), (ORDER, 1)]

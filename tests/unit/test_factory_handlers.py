@@ -1,0 +1,104 @@
+"""The factory's handlers over its production lines, publisher and clock (domain rules: test_factory)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edpo.agents.factory import Factory
+from edpo.domain.factory import ProductionLine, ProductionPlan
+from edpo.models import (
+    CompleteProduction,
+    ItemsManufactured,
+    ManufactureItems,
+    Message,
+    ProductionStarted,
+)
+from tests.unit.fakes import MemoryTable, RecordingPublish, external_task
+
+LEAD_TIME = 10.0
+
+
+class Rig:
+    """A factory over an in-memory table, with a clock the test sets and ids p1, p2, ..."""
+
+    def __init__(self, lines: dict[str, ProductionLine] | None = None) -> None:
+        self.now = 1000.0
+        self.table = MemoryTable(lines)
+        self.publish = RecordingPublish()
+        counter = iter(range(1, 1_000_000))
+        plan = ProductionPlan(lead_time=LEAD_TIME, min_batch=1, capacity=100, new_id=lambda: f"p{next(counter)}")
+        self.factory = Factory(plan, self.table, self.publish, clock=lambda: self.now)
+
+
+def running(sku: str, production_id: str, due_at: float) -> ProductionLine:
+    return ProductionLine(sku=sku, current_id=production_id, current_qty=5, due_at=due_at)
+
+
+def ticks(publish: RecordingPublish) -> list[tuple[str, str]]:
+    return [(m.sku, m.production_id) for m in publish.sent if isinstance(m, CompleteProduction)]
+
+
+async def test_manufacture_request_starts_a_batch_due_after_the_lead_time() -> None:
+    rig = Rig()
+    await rig.factory.on_command(ManufactureItems(sku="A", quantity=5, request_id="o-1:A"))
+    stored = rig.table.get("A")
+    assert stored is not None and (stored.current_id, stored.current_qty, stored.due_at) == ("p1", 5, 1000.0 + LEAD_TIME)
+    assert [(type(m), m.production_id) for m in rig.publish.sent if isinstance(m, ProductionStarted)] == [
+        (ProductionStarted, "p1")]
+    assert len(rig.publish.sent) == 1
+
+
+async def test_completed_batch_is_stored_and_its_goods_published() -> None:
+    rig = Rig({"A": running("A", "p0", due_at=990.0)})
+    await rig.factory.on_command(CompleteProduction(sku="A", production_id="p0"))
+    stored = rig.table.get("A")
+    assert stored is not None and (stored.current_id, stored.produced_total, stored.batches) == ("", 5, 1)
+    assert [(type(m), m.quantity) for m in rig.publish.sent if isinstance(m, ItemsManufactured)] == [
+        (ItemsManufactured, 5)]
+    assert len(rig.publish.sent) == 1
+
+
+@pytest.mark.parametrize("msg", [
+    ProductionStarted(sku="A", production_id="p1", quantity=5),
+    ItemsManufactured(sku="A", production_id="p1", quantity=5),
+], ids=lambda m: m.type)
+async def test_factory_skips_messages_it_does_not_handle(msg: Message) -> None:
+    rig = Rig()
+    await rig.factory.on_command(msg)
+    assert rig.table.rows == {}
+    assert rig.publish.sent == []
+
+
+async def test_timer_ticks_only_batches_whose_lead_time_is_over() -> None:
+    rig = Rig({
+        "A": running("A", "pa", due_at=1000.0),
+        "B": running("B", "pb", due_at=1000.1),
+        "C": ProductionLine(sku="C"),  # idle
+    })
+    await rig.factory.finish_due_batches()
+    assert ticks(rig.publish) == [("A", "pa")]
+
+
+async def test_timer_ticks_a_due_batch_once_while_the_agent_catches_up() -> None:
+    rig = Rig({"A": running("A", "pa", due_at=900.0)})
+    await rig.factory.finish_due_batches()
+    rig.now += 1.0
+    await rig.factory.finish_due_batches()
+    assert ticks(rig.publish) == [("A", "pa")]
+    rig.now += 60.0  # the tick got lost: send it again
+    await rig.factory.finish_due_batches()
+    assert ticks(rig.publish) == [("A", "pa"), ("A", "pa")]
+
+
+async def test_replenishment_task_requests_each_missing_sku_and_waits_for_kafka() -> None:
+    rig = Rig()
+    missing = [{"sku": "A", "quantity": 3}, {"sku": "B", "quantity": 1}]
+    result = await rig.factory.request_replenishment(
+        external_task("request-replenishment", "o-1", missing=missing, trace_id="tr"))
+    [(messages, wait)] = rig.publish.calls
+    assert wait is True
+    assert [(type(m), m.sku, m.quantity, m.request_id, m.order_id, m.trace_id) for m in messages] == [
+        (ManufactureItems, "A", 3, "o-1:A", "o-1", "tr"),
+        (ManufactureItems, "B", 1, "o-1:B", "o-1", "tr"),
+    ]
+    assert result.is_success()
