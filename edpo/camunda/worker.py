@@ -164,7 +164,7 @@ class TaskWorker(mode.Service):
     """Polls the engine for one service's external-task topics and runs their handlers concurrently."""
 
     def __init__(self, engine: Engine, worker_id: str, handlers: dict[str, TaskHandler], *, lock_seconds: float,
-                 batch: int, pollers: int) -> None:
+                 batch: int, pollers: int, retry_timeout_ms: int = TASK_RETRY_TIMEOUT_MS) -> None:
         super().__init__()
         self.engine = engine
         self.worker_id = worker_id
@@ -172,6 +172,7 @@ class TaskWorker(mode.Service):
         self.lock_ms = int(lock_seconds * 1000)
         self.batch = batch
         self.pollers = pollers
+        self.retry_timeout_ms = retry_timeout_ms
         self._workers: list[BatchWorker] = []
 
     @mode.Service.task
@@ -205,7 +206,7 @@ class TaskWorker(mode.Service):
             except Exception as e:  # noqa: BLE001 - becomes a retry, then an incident
                 logger.warning("task %s for %s failed: %s", task.get_topic_name(), task.get_business_key(), e)
                 return task.failure(type(e).__name__, str(e), max_retries=TASK_RETRIES - 1,
-                                    retry_timeout=TASK_RETRY_TIMEOUT_MS)
+                                    retry_timeout=self.retry_timeout_ms)
             finally:
                 keeper.cancel()
 

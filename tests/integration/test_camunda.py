@@ -99,3 +99,52 @@ async def test_a_waiting_handler_keeps_its_task_locked_past_the_lock_duration(se
         [taken] = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "next", **fetch})
         assert taken["id"] == locked["id"]
         await engine.request("POST", f"/external-task/{taken['id']}/complete", json={"workerId": "next"})
+
+
+async def test_task_worker_runs_a_whole_batch_and_a_failing_handler_ends_as_an_incident(
+    servers: Settings, tmp_path: Path
+) -> None:
+    """EDPO's TaskWorker (batch fetch over the shared aiohttp session): every task of a batch is
+    completed, and a handler that keeps raising is retried, then becomes an incident."""
+    from edpo.camunda.worker import TASK_RETRIES, TaskWorker
+
+    key = f"echo_test_{uuid.uuid4().hex[:8]}"
+    topic = f"echo-payload-{key}"
+    bpmn = tmp_path / f"{key}.bpmn"
+    bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"').replace('"echo-payload"', f'"{topic}"'))
+    calls: dict[str, int] = {}
+
+    async def handle(task: ExternalTask) -> TaskResult:
+        payload = json.loads(task.get_variable("payload"))
+        calls[payload["name"]] = calls.get(payload["name"], 0) + 1
+        if payload["fail"]:
+            raise ValueError("no such thing")
+        return task.complete({"reply": {"value": json.dumps({"echo": payload}), "type": "Json"}})
+
+    async with Engine(servers.camunda_url) as engine:
+        await engine.deploy(key, bpmn)
+        started = {name: await engine.start_process(key, name, {"payload": {"name": name, "fail": name == "bad"}})
+                   for name in ("a", "b", "c", "bad")}
+        worker = TaskWorker(engine, f"it-{key}", {topic: handle}, lock_seconds=5, batch=10, pollers=1,
+                            retry_timeout_ms=100)
+        await worker.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            done: list = []
+            incidents: list = []
+            while asyncio.get_running_loop().time() < deadline:
+                done = [h for h in await engine.request("GET", "/history/process-instance",
+                                                        params={"processDefinitionKey": key})
+                        if h["state"] == "COMPLETED"]
+                incidents = await engine.request("GET", "/incident",
+                                                 params={"processInstanceId": started["bad"]["id"]})
+                if len(done) == 3 and incidents:
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await worker.stop()
+    assert sorted(h["businessKey"] for h in done) == ["a", "b", "c"]
+    assert calls["a"] == calls["b"] == calls["c"] == 1, "each task ran once"
+    assert calls["bad"] == TASK_RETRIES, "a failing handler is tried TASK_RETRIES times"
+    assert incidents and incidents[0]["incidentType"] == "failedExternalTask"
+    assert incidents[0]["incidentMessage"] == "ValueError", "the error's type names the incident"
