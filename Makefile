@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EDPO := $(BIN)/edpo
 STAMP := .run/stamps
 
-.PHONY: setup up down status demo test test-unit test-integration test-e2e bench docs clean
+.PHONY: setup up down status demo test test-unit test-integration test-e2e test-faults bench docs clean
 
 $(STAMP):
 	@mkdir -p $(STAMP)
@@ -66,6 +66,11 @@ test-integration: setup
 
 test-e2e: up
 	@$(BIN)/pytest -q tests/e2e
+
+# Fault injection on a stack of its own (.run/faults, other ports): kill -9 of every worker at
+# its crash points and of every server, scale-out, duplicated and bad records (tests/faults).
+test-faults: setup
+	@$(BIN)/pytest -q -rfE tests/faults
 
 # Zero simulated durations, so the figures measure EDPO itself; workers restart with them.
 bench: setup

@@ -1,4 +1,5 @@
-"""The `edpo` command: run the stack, run a service worker, talk to the order and stock APIs."""
+"""The `edpo` command: run the stack, run a service worker, talk to the order and stock APIs,
+list and replay dead letters."""
 
 from __future__ import annotations
 
@@ -54,13 +55,19 @@ def infra_status(settings: Settings) -> bool:
 
 
 def stack_up(settings: Settings, instances: int) -> None:
-    from edpo.dev.workers import SERVICES, start_worker
+    """Servers, then every worker; returns once each worker reports ready on /health."""
+    from edpo.dev.workers import SERVICES, spawn_worker, wait_ready
 
     infra_up(settings)
-    for service in SERVICES:
-        for n in range(1, instances + 1):
-            state = start_worker(settings, service, n)
-            _say(f"{service + '-' + str(n):11} {state:16} http://{settings.host}:{settings.web_port(service, n)}/")
+    workers = [(service, n) for n in range(1, instances + 1) for service in SERVICES]
+    # All start at once and are waited for together: recovery and rebalances overlap.
+    states = {f"{service}-{n}": spawn_worker(settings, service, n) for service, n in workers}
+    urls = {f"{service}-{n}": f"http://{settings.host}:{settings.web_port(service, n)}/" for service, n in workers}
+
+    def ready(name: str, seconds: float) -> None:
+        _say(f"{name:11} {states[name] + ', ready':25} {urls[name]}  ({seconds:.1f}s)")
+
+    wait_ready(settings, workers, timeout=settings.ready_timeout, on_ready=ready)
 
 
 def stack_down(settings: Settings) -> None:
@@ -167,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--orders", type=int, default=200)
     b.add_argument("--runs", type=int, default=10)
     sub.add_parser("config", help="print the configuration table (markdown)")
+
+    d = sub.add_parser("dlq", help="dead letters: list them, send them back to their topic")
+    dsub = d.add_subparsers(dest="dlq_cmd", required=True)
+    dlist = dsub.add_parser("list", help="one line per dead letter on the dead-letter topic")
+    dlist.add_argument("--json", action="store_true", help="one JSON object per line, with payload and error")
+    replay = dsub.add_parser("replay", help="send dead letters' payloads back to their topics, with their keys")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (see `edpo dlq list`)")
+    replay.add_argument("--all", action="store_true", help="every dead letter not replayed yet (truncated ones are refused, without failing)")
+    replay.add_argument("--force", action="store_true", help="replay dead letters replayed already, too")
     return p
 
 
@@ -208,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                 return run_bench(settings, args.orders, args.runs)
             case "config":
                 _say(settings_table_markdown())
+            case "dlq":
+                from edpo.dev import dlq
+
+                if args.dlq_cmd == "list":
+                    return dlq.list_command(settings, as_json_lines=args.json, say=_say)
+                return dlq.replay_command(settings, args.ids, everything=args.all, force=args.force, say=_say)
     except StackError as e:
         sys.stderr.write(f"edpo: {e}\n")
         return 1

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import msgspec
 
@@ -95,8 +95,11 @@ delivery_events_topic = TopicSpec(
     "Acknowledgments and courier outcomes.",
 )
 dead_letters_topic = TopicSpec(
-    "dead-letters", "key", m.DeadLetter, ("every service",), ("operators",),
-    "Messages that could not be decoded, with the reason; nothing is dropped silently.",
+    # A replay mark has its dead letter's key, so it lands in the same partition, after it.
+    "dead-letters", "key", Union[m.DeadLetter, m.DeadLetterReplayed], ("every service", "edpo dlq replay"),
+    ("operators (edpo dlq)",),
+    "Records that could not be decoded or handled, with the reason; nothing is dropped silently. "
+    "DeadLetterReplayed marks a dead letter sent back to its topic.",
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from edpo.config import Settings
+from tests.stack_check import running_stack_problems
 
 
 @pytest.fixture(scope="session")
@@ -21,4 +22,17 @@ def servers(settings: Settings) -> Settings:
 
     if os.environ.get("EDPO_TEST_NO_START") != "1":
         infra_up(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def same_settings_as_running_stack(settings: Settings) -> Settings:
+    """The suite's settings, once it is clear that workers already running share them.
+
+    Tests that reuse running workers depend on this: when a worker was started with other
+    settings, every such test fails with the list of what differs instead of testing that
+    other configuration (see tests/stack_check.py)."""
+    problems = running_stack_problems(settings)
+    if problems:
+        pytest.fail(problems, pytrace=False)
     return settings

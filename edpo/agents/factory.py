@@ -8,6 +8,7 @@ process's request-replenishment task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,11 +20,12 @@ from camunda.external_task.external_task import ExternalTask, TaskResult
 from edpo.camunda.worker import task_lines, task_trace
 from edpo.config import Settings
 from edpo.domain.factory import ProductionLine, ProductionPlan
-from edpo.models import CompleteProduction, ManufactureItems, Message
+from edpo.models import CompleteProduction, ManufactureItems, Message, ProductionRequested
 from edpo.runtime.app import ServiceApp
+from edpo.runtime.commands import CommandClient, Commands
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
-from edpo.topics import factory_commands_topic
+from edpo.topics import factory_commands_topic, factory_events_topic
 
 logger = logging.getLogger(__name__)
 SOURCE = "factory"
@@ -34,10 +36,11 @@ class Factory:
     """The factory's handlers over its production lines."""
 
     def __init__(self, plan: ProductionPlan, production_by_sku: Table[ProductionLine], publish: Publish,
-                 clock: Callable[[], float] = time.time) -> None:
+                 commands: Commands, clock: Callable[[], float] = time.time) -> None:
         self.plan = plan
         self.production_by_sku = production_by_sku
         self.publish = publish
+        self.commands = commands
         self.clock = clock
         self._ticks = TickThrottle()
 
@@ -62,13 +65,17 @@ class Factory:
         self._ticks.prune(now)
 
     async def request_replenishment(self, task: ExternalTask) -> TaskResult:
-        """One ManufactureItems per missing SKU; the request id makes a retried task harmless."""
+        """One ManufactureItems per missing SKU, each acknowledged by the factory (resent until it
+        is); the request id makes a retried task harmless."""
         order_id = task.get_business_key()
-        await self.publish(*(
-            ManufactureItems(sku=line.sku, quantity=line.quantity, request_id=f"{order_id}:{line.sku}",
-                             order_id=order_id, source=WORKER, trace_id=task_trace(task))
+        await asyncio.gather(*(
+            self.commands.request(
+                ManufactureItems(sku=line.sku, quantity=line.quantity, request_id=f"{order_id}:{line.sku}",
+                                 order_id=order_id, source=WORKER, trace_id=task_trace(task)),
+                replies=(ProductionRequested,),
+            )
             for line in task_lines(task, "missing")
-        ), wait=True)
+        ))
         return task.complete({})
 
 
@@ -78,7 +85,10 @@ def create_app(settings: Settings) -> ServiceApp:
     production_by_sku = app.struct_table("production_by_sku", ProductionLine, help="Production line per SKU")
     plan = ProductionPlan(lead_time=settings.factory_lead_time, min_batch=settings.factory_min_batch,
                           capacity=settings.factory_capacity)
-    factory = Factory(plan, production_by_sku, app.publisher.publish)
+    commands = CommandClient(settings.kafka_bootstrap, app.publisher.publish, [factory_events_topic],
+                             timeout=settings.command_timeout, attempts=settings.command_attempts)
+    app.start_with(commands)
+    factory = Factory(plan, production_by_sku, app.publisher.publish, commands)
 
     app.agent_over("production", factory.on_command, factory_commands_topic)
     app.every(settings.tick, factory.finish_due_batches)

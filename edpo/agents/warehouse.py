@@ -14,8 +14,10 @@ Faust, the Camunda worker and the web views.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import aiohttp
 import faust
 import msgspec
 from camunda.external_task.external_task import ExternalTask, TaskResult
@@ -39,6 +41,7 @@ from edpo.models import (
     ReceiveStock,
     ReleaseLine,
     ReleaseStock,
+    ReservationAccepted,
     ReserveLine,
     ReserveStock,
     SeedStock,
@@ -51,6 +54,7 @@ from edpo.models import (
 from edpo.runtime.app import ServiceApp, error_json
 from edpo.runtime.commands import CommandClient, Commands
 from edpo.runtime.publish import Publish
+from edpo.runtime.retry import STARTUP
 from edpo.runtime.tables import Table
 from edpo.topics import (
     delivery_events_topic,
@@ -76,6 +80,7 @@ class Warehouse:
         self.reservations_by_order = reservations_by_order
         self.publish = publish
         self.commands = commands
+        self.seed_published = False
 
     # --- order desk: keyed by order id ------------------------------------------------------------
 
@@ -138,9 +143,11 @@ class Warehouse:
         await self.publish(*events)
 
     async def seed_stock(self) -> None:
-        """Offer the catalog's starting stock; a SKU takes it only once, so restarts do not re-seed."""
+        """Offer the catalog's starting stock; a SKU takes it only once, so restarts do not re-seed.
+        Returns once Kafka has every offer (the worker is not ready before)."""
         await self.publish(*(SeedStock(source=SOURCE, sku=item.sku, quantity=item.stock)
-                             for item in self.catalog.skus))
+                             for item in self.catalog.skus), wait=True)
+        self.seed_published = True
 
     async def receive(self, sku: str, quantity: int, receipt_id: str) -> None:
         """Goods arrived: book them through the SKU's owner partition (returns once Kafka has it)."""
@@ -149,10 +156,11 @@ class Warehouse:
     # --- external tasks of the order_fulfilment process ---------------------------------------------
 
     async def reserve_stock(self, task: ExternalTask) -> TaskResult:
-        """Ask the warehouse to reserve every line; the outcome arrives as an event the process waits for."""
+        """Ask the warehouse to reserve every line and wait for its acknowledgment; the outcome
+        arrives as an event the process waits for."""
         cmd = ReserveStock(order_id=task.get_business_key(), lines=task_lines(task, "lines"), source=WORKER,
                            trace_id=task_trace(task))
-        await self.commands.send(cmd)
+        await self.commands.request(cmd, replies=(ReservationAccepted,))
         return task.complete({})
 
     async def pack_goods(self, task: ExternalTask) -> TaskResult:
@@ -188,6 +196,12 @@ class Warehouse:
         return task.complete({})
 
 
+def unstocked_skus(skus: Iterable[str], *, owner_of: Callable[[str], str], me: str,
+                   stocked: Callable[[str], bool]) -> list[str]:
+    """The SKUs whose owner (owner_of(sku), a worker's URL) is me and whose stock is not stored yet."""
+    return [sku for sku in skus if owner_of(sku) == me and not stocked(sku)]
+
+
 def create_app(settings: Settings) -> ServiceApp:
     """The warehouse worker: tables, agents, process tasks and web views."""
     app = ServiceApp(SOURCE, settings)
@@ -205,7 +219,26 @@ def create_app(settings: Settings) -> ServiceApp:
     app.agent_over("order_desk", warehouse.on_order_message,
                  warehouse_commands_topic, reservation_updates_topic, delivery_events_topic)
     app.agent_over("stock_keeper", warehouse.on_stock_message, stock_commands_topic, factory_events_topic)
-    app.task(warehouse.seed_stock)
+
+    async def seed_stock() -> None:
+        """Seed the catalog's starting stock, retried while Kafka is not reachable."""
+        await STARTUP.retry("stock seed", warehouse.seed_stock)
+
+    async def stock_ready() -> bool:
+        """The seed is in Kafka and every catalog SKU this worker owns is in its stock table."""
+        if not warehouse.seed_published:
+            return False
+        # Faust's router (/stock, table_route) hashes a key with the producer's metadata, which
+        # holds the changelog topic only once the producer wrote to it: a restarted worker had not.
+        changelog = stock_by_sku.table.changelog_topic.get_topic_name()
+        await app.producer._ensure_producer().partitions_for(changelog)
+        me = str(app.conf.canonical_url)
+        return not unstocked_skus([item.sku for item in catalog.skus],
+                                  owner_of=lambda sku: str(app.router.key_store(stock_by_sku.table.name, sku)),
+                                  me=me, stocked=lambda sku: stock_by_sku.get(sku) is not None)
+
+    app.task(seed_stock)
+    app.ready_when("catalog stock seeded", stock_ready)
     app.serve_tasks({
         "reserve-stock": warehouse.reserve_stock,
         "pack-goods": warehouse.pack_goods,
@@ -228,16 +261,25 @@ def create_app(settings: Settings) -> ServiceApp:
         if request.query.get("local"):
             return web.json({"stock": [s.view() for _, s in sorted(stock_by_sku.local_items())]})
         rows: dict[str, dict[str, Any]] = {}
+
+        def busy() -> Any:
+            return error_json(web, 503, "", "the warehouse's partitions are being assigned; try again shortly")
+
         try:  # one request per other worker, for all the SKUs it owns
             owners = {str(app.router.key_store(stock_by_sku.table.name, item.sku)) for item in catalog.skus}
-        except KeyError:
-            return error_json(web, 503, "", "the warehouse's partitions are being assigned; try again shortly")
+        except (KeyError, TypeError):  # no assignment yet / no metadata for the changelog yet
+            return busy()
         for owner in owners:
             if owner == str(app.conf.canonical_url):
                 found = [s.view() for _, s in stock_by_sku.local_items()]
             else:
-                async with app.http_client.get(f"{owner}/stock", params={"local": "1"}) as r:
-                    found = (await r.json())["stock"]
+                try:
+                    async with app.http_client.get(f"{owner}/stock", params={"local": "1"}) as r:
+                        if r.status != 200:  # that worker is rebalancing too
+                            return busy()
+                        found = (await r.json())["stock"]
+                except (aiohttp.ClientError, TimeoutError):  # that worker is gone; its partitions move soon
+                    return busy()
             rows.update((row["sku"], row) for row in found)
         return web.json({"stock": [rows[item.sku] for item in catalog.skus if item.sku in rows]})
 

@@ -101,6 +101,42 @@ class Engine:
             "GET", "/history/process-instance", params={"processDefinitionKey": key, "processInstanceBusinessKey": business_key}
         )
 
+    async def active_instances(self, key: str, page: int = 500) -> list[dict[str, Any]]:
+        """Every running instance of the process (id, businessKey), page by page."""
+        found: list[dict[str, Any]] = []
+        while True:
+            batch = await self.request("GET", "/process-instance", params={
+                "processDefinitionKey": key, "firstResult": len(found), "maxResults": page})
+            found += batch
+            if len(batch) < page:
+                return found
+
+    async def delete_instance(self, instance_id: str) -> None:
+        """End a running instance (no listeners, no IO mappings run); gone already is fine."""
+        try:
+            await self.request("DELETE", f"/process-instance/{instance_id}",
+                               params={"skipCustomListeners": "true", "skipIoMappings": "true"})
+        except EngineError as e:
+            if e.status != 404:
+                raise
+
+    async def waiting_messages(self, instance_id: str) -> list[str]:
+        """Names of the messages the instance waits for now."""
+        subs = await self.request("GET", "/event-subscription",
+                                  params={"processInstanceId": instance_id, "eventType": "message"})
+        return [s["eventName"] for s in subs]
+
+    async def variable(self, instance_id: str, name: str) -> Any:
+        """One variable's value (None when the instance does not have it)."""
+        try:
+            found = await self.request("GET", f"/process-instance/{instance_id}/variables/{name}",
+                                       params={"deserializeValue": "false"})
+        except EngineError as e:
+            if e.status == 404:
+                return None
+            raise
+        return found.get("value")
+
     async def correlate(
         self,
         message: str,

@@ -164,8 +164,10 @@ class TaskWorker(mode.Service):
     """Polls the engine for one service's external-task topics and runs their handlers concurrently."""
 
     def __init__(self, engine: Engine, worker_id: str, handlers: dict[str, TaskHandler], *, lock_seconds: float,
-                 batch: int, pollers: int, retry_timeout_ms: int = TASK_RETRY_TIMEOUT_MS) -> None:
+                 batch: int, pollers: int, retry_timeout_ms: int = TASK_RETRY_TIMEOUT_MS,
+                 failpoint: Callable[[str], None] = lambda point: None) -> None:
         super().__init__()
+        self.failpoint = failpoint
         self.engine = engine
         self.worker_id = worker_id
         self.handlers = handlers
@@ -202,7 +204,9 @@ class TaskWorker(mode.Service):
         async def run(task: ExternalTask) -> TaskResult:
             keeper = asyncio.create_task(keep_locked(client, task.get_task_id(), self.lock_ms))
             try:
-                return await handler(task)
+                result = await handler(task)
+                self.failpoint("before_complete")
+                return result
             except Exception as e:  # noqa: BLE001 - becomes a retry, then an incident
                 logger.warning("task %s for %s failed: %s", task.get_topic_name(), task.get_business_key(), e)
                 return task.failure(type(e).__name__, str(e), max_retries=TASK_RETRIES - 1,

@@ -9,6 +9,7 @@ by the command line or a test, and passed in; nothing reads the environment at i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_core import PydanticUndefined
@@ -45,12 +46,35 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         default_factory=lambda s: f"{s['host']}:{s['kafka_port']}", description="Kafka bootstrap servers (default: HOST:KAFKA_PORT)")
     kafka_heap: str = Field("512m", description="Kafka JVM max heap")
+    kafka_static_membership: bool = Field(
+        True, description="Workers join their consumer group as SERVICE-INSTANCE (static membership): a restarted "
+        "worker gets its partitions back at once, without waiting for its old session to expire",
+    )
+    kafka_session_timeout: float = Field(
+        10, ge=6, le=90, description="Seconds without a heartbeat before Kafka gives a dead worker's partitions to others"
+    )
+    kafka_heartbeat_interval: float = Field(
+        3, gt=0, description="Seconds between a worker's heartbeats to its consumer group (under a third of the session timeout)"
+    )
     camunda_port: int = Field(8080, description="Camunda engine HTTP port")
     camunda_url: str = Field(
         default_factory=lambda s: f"http://{s['host']}:{s['camunda_port']}/engine-rest", description="Camunda engine REST base (default: http://HOST:CAMUNDA_PORT/engine-rest)"
     )
     camunda_heap: str = Field("384m", description="Camunda JVM max heap")
-    camunda_db_url: str = Field("", description="JDBC URL for the engine database (default: H2 file in RUN_DIR)")
+    camunda_db: Literal["postgres", "h2"] = Field(
+        "postgres", description="Engine database: `postgres` (database `camunda` in the project's PostgreSQL, created "
+        "on start) or `h2` (a file in RUN_DIR; a kill -9 of the engine can corrupt it)",
+    )
+    camunda_db_url: str = Field(
+        "", description="JDBC URL of the engine database, overrides CAMUNDA_DB (default: jdbc:postgresql://HOST:PG_PORT/camunda)"
+    )
+    camunda_db_user: str = Field("", description="Engine database user (default: camunda; sa for H2)")
+    camunda_db_password: str = Field("", description="Engine database password (default: none, the local cluster trusts)")
+    camunda_db_pool: int = Field(10, ge=2, description="Most connections in the engine's database pool (HikariCP)")
+    camunda_cleanup_window: str = Field(
+        "00:00-23:59", pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+        description="Daily window (HH:MM-HH:MM) in which the engine removes history past its time to live (P7D)",
+    )
     pg_port: int = Field(55432, description="PostgreSQL port")
     pg_bin: str = Field(
         "", description="Directory of the PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)"
@@ -63,6 +87,9 @@ class Settings(BaseSettings):
     warehouse_port: int = Field(6067, description="Warehouse service web port")
     factory_port: int = Field(6068, description="Factory service web port")
     delivery_port: int = Field(6069, description="Delivery service web port")
+    ready_timeout: float = Field(
+        180, gt=0, description="Seconds `edpo up` waits for every worker to report ready on /health"
+    )
     instance: int = Field(
         1, ge=1, description="Which worker of its service this process is (`edpo worker --instance` sets it)"
     )
@@ -102,6 +129,18 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
     )
     log_level: str = Field("info", description="Log level of workers")
+    reconcile_interval: float = Field(
+        15, gt=0, description="Seconds between the order service's reconciliations of orders and process instances"
+    )
+    reconcile_grace: float = Field(
+        30, ge=0, description="Seconds an order must be quiet before reconciliation repairs it"
+    )
+    retention_hours: float = Field(
+        24, gt=0, description="Hours finished inbox and sent outbox rows are kept before they are pruned"
+    )
+    failpoints: str = Field(
+        "", description="Crash points for fault injection, e.g. warehouse.after_store=kill@3 (edpo/runtime/failpoints.py)"
+    )
 
     @property
     def log_dir(self) -> Path:

@@ -19,11 +19,14 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 from edpo.config import Settings
 from edpo.dev.process import ManagedProcess, StackError, port_open, wait_until
 
 logger = logging.getLogger(__name__)
+# The engine's database and its owner role in the project's PostgreSQL cluster.
+CAMUNDA_DATABASE = "camunda"
 
 
 def _require(tool: str, why: str) -> str:
@@ -210,7 +213,10 @@ async def kafka_metadata_ok(bootstrap: str) -> bool:
 
 
 class Camunda(Server):
-    """Camunda 7 CE engine: a small Spring Boot app in infra/camunda (REST, Cockpit, Tasklist)."""
+    """Camunda 7 CE engine: a small Spring Boot app in infra/camunda (REST, Cockpit, Tasklist).
+
+    Its database is `camunda` in the project's PostgreSQL cluster (started first, see
+    all_servers), which survives a kill -9 of the engine; H2 only when EDPO_CAMUNDA_DB=h2."""
 
     name = "camunda"
     start_timeout = 180.0
@@ -232,16 +238,34 @@ class Camunda(Server):
             _mvn(self.s, self.project / "pom.xml", ["-DskipTests", "package"], self.s.log_dir / "mvn-camunda.log")
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    def datasource(self) -> tuple[str, str]:
+        """JDBC URL and user of the engine database: CAMUNDA_DB_URL, else by CAMUNDA_DB."""
+        s = self.s
+        h2 = s.camunda_db == "h2" and not s.camunda_db_url
+        if s.camunda_db_url:
+            url = s.camunda_db_url
+        elif h2:
+            url = f"jdbc:h2:file:{self.dir}/camunda;DB_CLOSE_ON_EXIT=FALSE"
+        else:
+            url = f"jdbc:postgresql://{s.host}:{s.pg_port}/{CAMUNDA_DATABASE}"
+        return url, s.camunda_db_user or ("sa" if h2 else CAMUNDA_DATABASE)
+
     def launch(self) -> None:
         java = _require("java", "Camunda runs on the JVM")
+        url, user = self.datasource()
+        cleanup_start, cleanup_end = self.s.camunda_cleanup_window.split("-")
         env = dict(os.environ)
         env.update(
             EDPO_CAMUNDA_HOST=self.s.host,
             EDPO_CAMUNDA_PORT=str(self.s.camunda_port),
             EDPO_CAMUNDA_DATA_DIR=str(self.dir),
+            EDPO_CAMUNDA_DB_URL=url,
+            EDPO_CAMUNDA_DB_USER=user,
+            EDPO_CAMUNDA_DB_PASSWORD=self.s.camunda_db_password,
+            EDPO_CAMUNDA_DB_POOL=str(self.s.camunda_db_pool),
+            EDPO_CAMUNDA_CLEANUP_START=cleanup_start,
+            EDPO_CAMUNDA_CLEANUP_END=cleanup_end,
         )
-        if self.s.camunda_db_url:
-            env["EDPO_CAMUNDA_DB_URL"] = self.s.camunda_db_url
         self.proc.spawn(
             [java, f"-Xmx{self.s.camunda_heap}", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=192m", "-jar", str(self.jar)],
             cwd=self.dir,
@@ -256,7 +280,8 @@ class Camunda(Server):
             return False
 
     def describe(self) -> str:
-        return f"{self.s.camunda_url} (Cockpit http://{self.s.host}:{self.port}/camunda/app/, demo/demo)"
+        return (f"{self.s.camunda_url} (Cockpit http://{self.s.host}:{self.port}/camunda/app/, demo/demo; "
+                f"database {self.datasource()[0].split(';')[0]})")
 
 
 class Postgres(Server):
@@ -349,20 +374,35 @@ async def _pg_round_trip(host: str, port: int) -> bool:
 
 
 async def ensure_database(settings: Settings) -> None:
-    """Create the edpo role and database if missing, then apply migrations."""
+    """Create the edpo and camunda roles and databases if missing, then apply the order service's migrations."""
     import asyncpg
 
     from edpo.agents.order.migrate import migrate
 
     conn = await asyncpg.connect(host=settings.host, port=settings.pg_port, user="postgres", database="postgres")
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = 'edpo'"):
-            await conn.execute("CREATE ROLE edpo LOGIN")
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'edpo'"):
-            await conn.execute("CREATE DATABASE edpo OWNER edpo")
+        # The engine's database even when the engine runs on H2 now: switching back needs no restart of PostgreSQL.
+        for name in ("edpo", CAMUNDA_DATABASE):
+            await _ensure_owned_database(conn, name)
     finally:
         await conn.close()
     await migrate(settings.database_url)
+
+
+async def _ensure_owned_database(conn: Any, name: str) -> None:
+    """A login role and a database of the same name owned by it (idempotent, also when two runs race)."""
+    import asyncpg
+
+    if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
+        try:
+            await conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        except asyncpg.DuplicateObjectError:
+            pass
+    if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
 
 
 def _traversable_by_others(path: Path) -> bool:
@@ -375,4 +415,5 @@ def _traversable_by_others(path: Path) -> bool:
 
 
 def all_servers(settings: Settings) -> list[Server]:
+    """In start order: PostgreSQL (with the engine's database) before Camunda; stopped in reverse."""
     return [Kafka(settings), Postgres(settings), Camunda(settings)]

@@ -65,7 +65,7 @@ class Delivery(msgspec.Struct, kw_only=True):
     def start(self, cmd: StartDelivery, now: float, policy: DeliveryPolicy, roll: float) -> list[Message]:
         """Send the courier for a new attempt; a known attempt is only acknowledged again."""
         if str(cmd.attempt) in self.attempts:
-            return [self._accepted(cmd)]
+            return [self._accepted(cmd), self._started(cmd)]
         address = cmd.delivery_address.strip()
         if not address:
             return [
@@ -79,30 +79,34 @@ class Delivery(msgspec.Struct, kw_only=True):
             address=address,
             trace_id=cmd.trace_id or cmd.id,
         )
-        return [
-            self._accepted(cmd),
-            caused_by(cmd, DeliveryStarted, source=SOURCE, order_id=self.order_id, attempt=cmd.attempt),
-        ]
+        return [self._accepted(cmd), self._started(cmd)]
 
     def due(self, now: float) -> list[int]:
         """Numbers of the attempts in transit whose courier time is over."""
         return sorted(int(n) for n, a in self.attempts.items() if a.status == "in_transit" and a.due_at <= now)
 
     def finish(self, cmd: FinishDelivery) -> list[Message]:
-        """Report the outcome decided at the start; a repeated tick reports nothing."""
+        """Report the outcome decided at the start; a repeated tick reports it again with the same
+        id (its first report may have died with the worker), and receivers drop the duplicate."""
         attempt = self.attempts.get(str(cmd.attempt))
-        if attempt is None or attempt.status != "in_transit":
+        if attempt is None:
             return []
         cause = msgspec.structs.replace(cmd, trace_id=attempt.trace_id) if attempt.trace_id else cmd
+        once = f"{self.order_id}:{cmd.attempt}"
         if attempt.failure:
             attempt.status = "failed"
             return [
-                caused_by(cause, DeliveryFailed, source=SOURCE, order_id=self.order_id, attempt=cmd.attempt,
-                          reason=attempt.failure)
+                caused_by(cause, DeliveryFailed, source=SOURCE, once_per=once, order_id=self.order_id,
+                          attempt=cmd.attempt, reason=attempt.failure)
             ]
         attempt.status = "delivered"
-        return [caused_by(cause, DeliveryCompleted, source=SOURCE, order_id=self.order_id, attempt=cmd.attempt)]
+        return [caused_by(cause, DeliveryCompleted, source=SOURCE, once_per=once, order_id=self.order_id,
+                          attempt=cmd.attempt)]
 
     def _accepted(self, cmd: StartDelivery) -> DeliveryAccepted:
-        return caused_by(cmd, DeliveryAccepted, source=SOURCE, reply=True, order_id=self.order_id,
-                         attempt=cmd.attempt)
+        return caused_by(cmd, DeliveryAccepted, source=SOURCE, reply=True, once_per=f"{self.order_id}:{cmd.attempt}",
+                         order_id=self.order_id, attempt=cmd.attempt)
+
+    def _started(self, cmd: StartDelivery) -> Message:
+        return caused_by(cmd, DeliveryStarted, source=SOURCE, once_per=f"{self.order_id}:{cmd.attempt}",
+                         order_id=self.order_id, attempt=cmd.attempt)

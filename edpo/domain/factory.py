@@ -16,6 +16,7 @@ from edpo.models import (
     ItemsManufactured,
     ManufactureItems,
     Message,
+    ProductionRequested,
     ProductionStarted,
     caused_by,
     new_id,
@@ -24,6 +25,8 @@ from edpo.models import (
 SOURCE = "factory"
 # Enough to recognise a resent request; a request older than that cannot be resent any more.
 KEEP_IDS = 1000
+# Finished batches remembered for replays: a replay comes within seconds, a batch takes longer.
+KEEP_FINISHED = 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class ProductionLine(msgspec.Struct, kw_only=True):
     seen_requests: list[str] = []
     produced_total: int = 0
     batches: int = 0
+    # The latest finished batches (id, quantity): a replayed tick announces its batch again.
+    finished: list[tuple[str, int]] = []
 
     def request(
         self,
@@ -54,14 +59,17 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         now: float,
         plan: ProductionPlan,
     ) -> list[Message]:
-        """Queue the requested units (once per request id); start a batch if none is running."""
+        """Acknowledge, and queue the requested units (once per request id); start a batch if none
+        is running."""
+        ack = caused_by(cmd, ProductionRequested, source=SOURCE, reply=True, once_per=cmd.request_id, sku=self.sku,
+                        request_id=cmd.request_id)
         if cmd.request_id in self.seen_requests:
-            return []
+            return [ack]
         self.seen_requests = (self.seen_requests + [cmd.request_id])[-KEEP_IDS:]
         self.pending += max(0, cmd.quantity)
         if self.current_id:
-            return []
-        return self._start(cmd, now, plan)
+            return [ack]
+        return [ack, *self._start(cmd, now, plan)]
 
     def due(self, now: float) -> bool:
         """A batch is running and its lead time is over."""
@@ -74,17 +82,22 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         plan: ProductionPlan,
     ) -> list[Message]:
         """Finish the running batch (a repeated tick finishes nothing) and start the next if units wait."""
+        done = dict(self.finished)
+        if cmd.production_id in done:  # replayed: its first run may have died before sending
+            return [self._manufactured(cmd, cmd.production_id, done[cmd.production_id])]
         if not self.current_id or cmd.production_id != self.current_id:
             return []
-        events: list[Message] = [
-            caused_by(cmd, ItemsManufactured, source=SOURCE, sku=self.sku, production_id=self.current_id,
-                      quantity=self.current_qty)
-        ]
+        events: list[Message] = [self._manufactured(cmd, self.current_id, self.current_qty)]
+        self.finished = (self.finished + [(self.current_id, self.current_qty)])[-KEEP_FINISHED:]
         self.produced_total += self.current_qty
         self.batches += 1
         self.current_id, self.current_qty, self.due_at = "", 0, 0.0
         events += self._start(cmd, now, plan)
         return events
+
+    def _manufactured(self, cause: Message, production_id: str, quantity: int) -> Message:
+        return caused_by(cause, ItemsManufactured, source=SOURCE, once_per=production_id, sku=self.sku,
+                         production_id=production_id, quantity=quantity)
 
     def _start(
         self,
@@ -102,5 +115,5 @@ class ProductionLine(msgspec.Struct, kw_only=True):
         self.current_id = plan.new_id()
         self.current_qty = qty
         self.due_at = now + plan.lead_time
-        return [caused_by(cause, ProductionStarted, source=SOURCE, sku=self.sku, production_id=self.current_id,
-                          quantity=qty)]
+        return [caused_by(cause, ProductionStarted, source=SOURCE, once_per=self.current_id, sku=self.sku,
+                          production_id=self.current_id, quantity=qty)]

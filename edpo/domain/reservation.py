@@ -2,6 +2,11 @@
 
 The order's SKUs may live on other partitions, so the reservation splits into per-SKU
 ReserveLine commands and completes when every SKU has answered with LineReserved.
+
+Replay rule (docs/adr/0003): a handler that meets an input whose effect is already stored
+emits again what that input emitted the first time, with the same ids (facts that happen
+once per order carry `once_per`), because a worker may have died after storing the state and
+before its messages reached Kafka. Receivers drop what they already have by id.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from edpo.models import (
     PackGoods,
     PackingRejected,
     ReleaseLine,
+    ReservationAccepted,
     ReleaseStock,
     ReserveLine,
     ReserveStock,
@@ -60,7 +66,8 @@ def accept(cmd: AcceptOrder, catalog: set[str]) -> tuple[OrderReservation | None
     problems = _problems(cmd.lines, catalog)
     if problems:
         reason = "; ".join(problems)
-        return None, [caused_by(cmd, OrderRejected, source=SOURCE, reply=True, order_id=cmd.order_id, reason=reason)]
+        return None, [caused_by(cmd, OrderRejected, source=SOURCE, reply=True, once_per=cmd.order_id,
+                                order_id=cmd.order_id, reason=reason)]
     reservation = OrderReservation(
         order_id=cmd.order_id, lines=_summed(cmd.lines), accepted=True, delivery_address=cmd.delivery_address
     )
@@ -84,25 +91,37 @@ class OrderReservation(msgspec.Struct, kw_only=True):
 
     def reaccept(self, cmd: AcceptOrder) -> list[Message]:
         """Answer a (resent) AcceptOrder for a known order: it was accepted."""
-        return [caused_by(cmd, OrderAccepted, source=SOURCE, reply=True, order_id=self.order_id)]
+        # One OrderAccepted per order, whatever the number of AcceptOrder resends: the order
+        # service starts the order's process once per event id.
+        return [caused_by(cmd, OrderAccepted, source=SOURCE, reply=True, once_per=self.order_id,
+                          order_id=self.order_id)]
 
     def reserve(self, cmd: ReserveStock) -> list[Message]:
-        """Ask every SKU's stock for its units, once; a resent command gets the outcome so far."""
+        """Acknowledge, and ask every SKU's stock for its units; a resent or replayed command asks
+        the SKUs that have not answered again and re-announces the outcome so far."""
         if not self.lines:
             self.lines = _summed(cmd.lines)
-        if self.reserve_requested:
-            outcome = self._outcome_event(cmd)
-            return [outcome] if outcome is not None else []
+        ack = caused_by(cmd, ReservationAccepted, source=SOURCE, reply=True, order_id=self.order_id)
+        first = not self.reserve_requested
         self.reserve_requested = True
-        return [
-            caused_by(cmd, ReserveLine, source=SOURCE, order_id=self.order_id, sku=sku, quantity=qty)
+        asks: list[Message] = [
+            caused_by(cmd, ReserveLine, source=SOURCE, once_per=f"{self.order_id}:{sku}", order_id=self.order_id,
+                      sku=sku, quantity=qty)
             for sku, qty in self.lines.items()
+            if first or sku not in self.reported
         ]
+        outcome = None if first else self._outcome_event(cmd)
+        return [ack, *asks, *([outcome] if outcome is not None else [])]
 
     def on_line_reserved(self, evt: LineReserved) -> list[Message]:
         """Take one SKU's answer; report the outcome once every SKU has answered."""
         if self.released or self.shipped or evt.sku not in self.lines:
             return []
+        if evt.sku in self.reported and evt.reserved <= self.reserved.get(evt.sku, 0):
+            # Nothing new: a replay or duplicate. Its first run may have reported the outcome
+            # that never reached Kafka; announce it again (same id, receivers drop duplicates).
+            outcome = self._outcome_event(evt)
+            return [outcome] if outcome is not None else []
         # Reservations of an open order only grow, so the larger count is the newer one.
         self.reserved[evt.sku] = max(self.reserved.get(evt.sku, 0), evt.reserved)
         if evt.sku not in self.reported:
@@ -125,35 +144,38 @@ class OrderReservation(msgspec.Struct, kw_only=True):
         if self.released or self.outcome != "full":
             reason = "stock was released" if self.released else "stock is not fully reserved"
             return [caused_by(cmd, PackingRejected, source=SOURCE, reply=True, order_id=self.order_id, reason=reason)]
-        events: list[Message] = []
-        if not self.packed:
-            self.packed = True
-            events.append(caused_by(cmd, GoodsPicked, source=SOURCE, order_id=self.order_id))
-        events.append(caused_by(cmd, GoodsPacked, source=SOURCE, reply=True, order_id=self.order_id))
-        return events
+        self.packed = True
+        return [
+            caused_by(cmd, GoodsPicked, source=SOURCE, once_per=self.order_id, order_id=self.order_id),
+            caused_by(cmd, GoodsPacked, source=SOURCE, reply=True, once_per=self.order_id, order_id=self.order_id),
+        ]
 
     def release(self, cmd: ReleaseStock) -> list[Message]:
         """Compensation: give every SKU's units back, once; always acknowledge."""
         events: list[Message] = []
         # Once shipped the goods are gone and there is nothing to give back; the
         # acknowledgment still lets the compensating process finish.
-        if not self.released and not self.shipped:
+        if not self.shipped:
             self.released = True
             events += [
-                caused_by(cmd, ReleaseLine, source=SOURCE, order_id=self.order_id, sku=sku) for sku in self.lines
+                caused_by(cmd, ReleaseLine, source=SOURCE, once_per=f"{self.order_id}:{sku}", order_id=self.order_id,
+                          sku=sku)
+                for sku in self.lines
             ]
         events.append(caused_by(cmd, StockReleased, source=SOURCE, reply=True, order_id=self.order_id))
         return events
 
     def ship(self, evt: DeliveryCompleted) -> list[Message]:
-        """The goods were delivered: take them off every SKU's books, once."""
-        if self.shipped:
+        """The goods were delivered: take them off every SKU's books (the SKUs do it once)."""
+        if self.released:
             return []
         self.shipped = True
         events: list[Message] = [
-            caused_by(evt, ShipLine, source=SOURCE, order_id=self.order_id, sku=sku) for sku in self.lines
+            caused_by(evt, ShipLine, source=SOURCE, once_per=f"{self.order_id}:{sku}", order_id=self.order_id,
+                      sku=sku)
+            for sku in self.lines
         ]
-        events.append(caused_by(evt, GoodsShipped, source=SOURCE, order_id=self.order_id))
+        events.append(caused_by(evt, GoodsShipped, source=SOURCE, once_per=self.order_id, order_id=self.order_id))
         return events
 
     def _missing(self) -> list[Line]:
@@ -165,8 +187,9 @@ class OrderReservation(msgspec.Struct, kw_only=True):
 
     def _outcome_event(self, cause: Message) -> Message | None:
         if self.outcome == "full":
-            return caused_by(cause, StockReserved, source=SOURCE, order_id=self.order_id)
+            return caused_by(cause, StockReserved, source=SOURCE, once_per=self.order_id, order_id=self.order_id)
         if self.outcome == "partial":
-            return caused_by(cause, StockPartiallyReserved, source=SOURCE, order_id=self.order_id,
-                             missing=self._missing())
+            # Once per order: the first shortfall is what the process acts on.
+            return caused_by(cause, StockPartiallyReserved, source=SOURCE, once_per=self.order_id,
+                             order_id=self.order_id, missing=self._missing())
         return None

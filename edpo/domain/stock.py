@@ -1,7 +1,9 @@
 """One SKU's stock: on hand, reserved, and the orders still waiting for units.
 
 A SKU is owned by exactly one partition, so its stock is changed by one agent at a time and
-can allocate arriving goods first come, first served without locks.
+can allocate arriving goods first come, first served without locks. An input whose effect is
+already stored (a replay after a crash, or a duplicate) changes nothing and re-announces what
+its first run may have announced (docs/adr/0003).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class SkuStock(msgspec.Struct, kw_only=True):
     def seed(self, cmd: SeedStock) -> list[Message]:
         """Take the catalog's starting stock once; a restart offers it again and must not add it twice."""
         if self.seeded:
-            return []
+            return self._reannounce(cmd) + [self._level(cmd, "seeded")]
         self.seeded = True
         self.on_hand += cmd.quantity
         # Seeding may follow receipts booked before the first start; waiting orders come first.
@@ -83,7 +85,7 @@ class SkuStock(msgspec.Struct, kw_only=True):
         """Book arriving goods (once per receipt or batch) and hand them to waiting orders first."""
         key = cmd.receipt_id if isinstance(cmd, ReceiveStock) else cmd.production_id
         if key in self.applied:
-            return []
+            return self._reannounce(cmd) + [self._level(cmd, "received")]
         self.applied = (self.applied + [key])[-KEEP_IDS:]
         self.on_hand += cmd.quantity
         return self._allocate_waiting(cmd) + [self._level(cmd, "received")]
@@ -92,7 +94,9 @@ class SkuStock(msgspec.Struct, kw_only=True):
         """Compensation: forget the order and give its units to the orders still waiting."""
         order = cmd.order_id
         if order not in self.requested:
-            return []
+            # Released before (or never here): its first run may have handed units to waiting
+            # orders whose news never reached Kafka.
+            return self._reannounce(cmd) + [self._level(cmd, "released")] if order in self.closed else []
         self.reserved -= self.allocated[order]
         self._forget(order)
         return self._allocate_waiting(cmd) + [self._level(cmd, "released")]
@@ -101,7 +105,7 @@ class SkuStock(msgspec.Struct, kw_only=True):
         """The order was delivered: its allocated units leave the books."""
         order = cmd.order_id
         if order not in self.requested:
-            return []
+            return [self._level(cmd, "shipped")] if order in self.closed else []
         # A partly allocated order ships what it has; on hand and reserved fall alike, so
         # nothing becomes available for the waiting orders.
         units = self.allocated[order]
@@ -152,6 +156,12 @@ class SkuStock(msgspec.Struct, kw_only=True):
                 self.waiting.pop(0)
             events.append(self._line_reserved(self._on_behalf_of(cause, order), order))
         return events
+
+    def _reannounce(self, cause: Message) -> list[Message]:
+        """A replayed input: tell every open order holding units how many it has (the replayed
+        input's first run may have allocated to them and died before that was sent)."""
+        return [self._line_reserved(self._on_behalf_of(cause, order), order)
+                for order, units in self.allocated.items() if units]
 
     def _forget(self, order: str) -> None:
         del self.requested[order]

@@ -10,7 +10,7 @@ from typing import Union
 
 import msgspec
 
-from edpo.models.base import Line, Message, caused_by, encode, new_id, utcnow
+from edpo.models.base import Line, Message, caused_by, encode, new_id, stable_id, utcnow
 
 # --- order service --------------------------------------------------------------------------
 
@@ -102,6 +102,13 @@ class StockReleased(Message, frozen=True):
     order_id: str
 
 
+class ReservationAccepted(Message, frozen=True):
+    """Acknowledges ReserveStock: the warehouse has the request; the outcome follows as
+    StockReserved or StockPartiallyReserved."""
+
+    order_id: str
+
+
 class GoodsShipped(Message, frozen=True):
     """The delivered units left the books: on hand and reserved both fell."""
 
@@ -118,6 +125,7 @@ WarehouseEvent = Union[
     PackingRejected,
     StockReleased,
     GoodsShipped,
+    ReservationAccepted,
 ]
 
 # --- warehouse internals: per-SKU commands and their results ----------------------------------
@@ -210,7 +218,14 @@ class ItemsManufactured(Message, frozen=True):
     quantity: int
 
 
-FactoryEvent = Union[ProductionStarted, ItemsManufactured]
+class ProductionRequested(Message, frozen=True):
+    """Acknowledges ManufactureItems: the units are queued for a batch."""
+
+    sku: str
+    request_id: str
+
+
+FactoryEvent = Union[ProductionStarted, ItemsManufactured, ProductionRequested]
 
 # --- delivery (keyed by order id) ----------------------------------------------------------------
 
@@ -275,6 +290,19 @@ class DeadLetter(Message, frozen=True):
     key: str | None
     reason: str
     payload: str  # the original bytes, decoded as UTF-8 with replacement
+    error: str = ""  # the exception's text
+    attempts: int = 0  # handler calls made; 0: the record never reached a handler (undecodable)
+    truncated: bool = False  # payload (or key) was cut to fit the broker's size limit: not replayable
+
+
+class DeadLetterReplayed(Message, frozen=True):
+    """An operator sent a dead letter's payload back to its original topic (`edpo dlq replay`)."""
+
+    dead_letter_id: str
+    key: str | None  # the dead letter's key, so the mark shares its partition
+    topic: str  # where the payload went: the dead letter's source topic
+    partition: int
+    offset: int  # the replayed record's offset there
 
 
 __all__ = [name for name in dir() if not name.startswith("_")] + [
@@ -284,5 +312,6 @@ __all__ = [name for name in dir() if not name.startswith("_")] + [
     "encode",
     "msgspec",
     "new_id",
+    "stable_id",
     "utcnow",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import cached_property
 from typing import Any
 
@@ -21,11 +21,14 @@ from edpo.camunda.engine import Engine
 from edpo.camunda.worker import TaskHandler, TaskWorker
 from edpo.config import Settings
 from edpo.runtime.consume import Handler, consume
+from edpo.runtime.failpoints import Failpoints
 from edpo.runtime.publish import Publisher, raw_topic
 from edpo.runtime.tables import StructTable, T
 from edpo.topics import TopicSpec
 
 logger = logging.getLogger(__name__)
+# Seconds a readiness check may take before /health counts it as not passed.
+READY_CHECK_TIMEOUT = 2.0
 
 
 class ServiceApp(faust.App):
@@ -52,25 +55,89 @@ class ServiceApp(faust.App):
             broker_commit_every=100,
             broker_commit_interval=1.0,
             stream_wait_empty=False,
+            # A worker killed with -9 sends no LeaveGroup: Kafka waits for its session to expire before
+            # it hands the partitions on (faust's default: 60 s). With a fixed instance id (static
+            # membership) the restarted worker takes its place at once; see docs/recovery-measurements.md.
+            broker_session_timeout=settings.kafka_session_timeout,
+            broker_heartbeat_interval=settings.kafka_heartbeat_interval,
+            consumer_group_instance_id=(f"{service}-{settings.instance}" if settings.kafka_static_membership
+                                        else None),
+            # A changelog topic Faust creates a moment before the first assignment can be missing from
+            # the consumer's metadata; Faust then leaves its partitions unassigned until the next metadata
+            # refresh (default: 5 min), whose change makes the group rebalance. /health waits for it.
+            consumer_metadata_max_age_ms=10_000,
         )
         self.service_name = service
         self.settings = settings
-        self.publisher = Publisher(self)
+        self.failpoints = Failpoints(settings.failpoints, service)
+        self.publisher = Publisher(self, self.failpoints)
         # Cleared by a service whose resources are not usable yet; /health answers 503 meanwhile.
         self.ready = asyncio.Event()
         self.ready.set()
+        # The service's own conditions for being ready ({what: check}), besides Faust's recovery.
+        self._ready_checks: dict[str, Callable[[], Awaitable[bool]]] = {
+            "changelog partitions assigned": self._changelogs_assigned,
+        }
         self._resources: list[mode.ServiceT] = []
+        # Named reports that /health includes (e.g. the outbox's unanswered commands); and
+        # counters of what reliability loops found, also shown there.
+        self.health_details: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        self.counters: dict[str, int] = {}
 
         @self.page("/health")
         async def health(web: Any, request: Any) -> Any:
-            """200 once the worker can serve requests, 503 while it starts."""
-            ready = self.ready.is_set()
-            body = {"service": service, "instance": settings.instance, "status": "ok" if ready else "starting"}
+            """200 once the worker is ready (partitions assigned, tables recovered, the service's own
+            checks passed); 503 naming what it waits for while it starts or rebalances."""
+            waiting = await self.waiting_for()
+            ready = not waiting
+            body: dict[str, Any] = {"service": service, "instance": settings.instance,
+                                    "status": "ok" if ready else "starting"}
+            if waiting:
+                body["waiting_for"] = waiting
+            for name, report in self.health_details.items():
+                try:
+                    body[name] = await report()
+                except Exception as e:  # noqa: BLE001 - a report failing must not fail the probe
+                    body[name] = {"error": f"{type(e).__name__}: {e}"}
+            if self.counters:
+                body["counters"] = dict(sorted(self.counters.items()))
             return web.json(body, status=200 if ready else 503)
 
     async def on_first_start(self) -> None:
         self.conf.datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
         await super().on_first_start()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to a counter shown by /health (what reconciliation and retries found)."""
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def ready_when(self, what: str, check: Callable[[], Awaitable[bool]]) -> None:
+        """Report not ready (waiting for `what`) on /health until check() returns true."""
+        self._ready_checks[what] = check
+
+    async def waiting_for(self) -> list[str]:
+        """What this worker still waits for before it is ready; empty once it is."""
+        passed = {"service start-up": self.ready.is_set()}
+        for what, check in self._ready_checks.items():
+            try:
+                passed[what] = bool(await asyncio.wait_for(check(), READY_CHECK_TIMEOUT))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a check that cannot tell yet is not passed
+                logger.debug("readiness check %r: %s: %s", what, type(e).__name__, e)
+                passed[what] = False
+        return readiness_gaps(recovered=self.tables.recovery.completed.is_set(), rebalancing=self.rebalancing,
+                              checks=passed)
+
+    async def _changelogs_assigned(self) -> bool:
+        """Every partition of every table's changelog is assigned to a worker of this service."""
+        for table in self.tables.values():
+            topic = table.changelog_topic.get_topic_name()
+            hosts = self.router.table_metadata(table.name).values()
+            assigned = {p for partitions in hosts for p in partitions.get(topic, ())}
+            if len(assigned) < self.conf.topic_partitions:
+                return False
+        return True
 
     def start_with(self, resource: mode.ServiceT) -> None:
         """Start resource (a pool, a client, a poller) once the worker runs; stop it with the worker."""
@@ -96,10 +163,10 @@ class ServiceApp(faust.App):
         s = self.settings
         worker_id = f"{self.service_name}-{s.instance}-{os.getpid()}"
         self.start_with(TaskWorker(self.engine, worker_id, handlers, lock_seconds=s.task_lock, batch=s.task_batch,
-                                   pollers=s.task_pollers))
+                                   pollers=s.task_pollers, failpoint=self.failpoints.hit))
 
     def struct_table(self, name: str, type_: type[T], *, help: str) -> StructTable[T]:
-        return StructTable(self, name, type_, help=help)
+        return StructTable(self, name, type_, help=help, failpoints=self.failpoints)
 
     def agent_over(self, name: str, handle: Handler, *specs: TopicSpec) -> None:
         """An agent over specs that hands every decoded message to handle (see runtime.consume)."""
@@ -126,6 +193,21 @@ class ServiceApp(faust.App):
         guarded.__name__ = guarded.__qualname__ = tick.__name__
         guarded.__doc__ = tick.__doc__
         self.timer(interval=interval, name=f"{self.service_name}.{tick.__name__}")(guarded)
+
+
+def readiness_gaps(*, recovered: bool, rebalancing: bool, checks: Mapping[str, bool]) -> list[str]:
+    """What keeps a worker from being ready; empty when it is ready.
+
+    Ready: Faust has assigned the worker its partitions and restored its tables from their
+    changelogs (the first recovery completed, no rebalance under way since), and every check
+    of the service itself passed."""
+    gaps = []
+    if not recovered:
+        gaps.append("partition assignment and table recovery")
+    elif rebalancing:
+        gaps.append("rebalance")
+    gaps.extend(what for what, passed in checks.items() if not passed)
+    return gaps
 
 
 def error_json(web: Any, status: int, field: str, message: str) -> Any:

@@ -6,6 +6,10 @@ server outage is retried until the server is back (never dead-lettered, so an ou
 PostgreSQL or Camunda delays orders instead of stranding them); a handler failing for another
 reason is retried a few times, then its record is dead-lettered. One bad message never stops
 a service.
+
+A dead letter never stops a service either: a payload too large for the broker is cut (and
+marked `truncated`), a publish that meets a Kafka outage is retried until Kafka is back, and
+a publish refused for another reason is logged with the record's position, then the agent goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from edpo.models import DeadLetter, Message
 from edpo.runtime.publish import Publish
@@ -39,6 +44,14 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+# A dead letter's payload is cut to this many bytes of JSON so that, with its envelope, the
+# record stays well below the broker's default limit (message.max.bytes, about 1 MB).
+PAYLOAD_LIMIT = 256 * 1024
+KEY_LIMIT = 4 * 1024
+REASON_LIMIT = 2000
+ERROR_LIMIT = 16 * 1024
+
+
 class _TypeOnly(msgspec.Struct):
     type: str = ""
 
@@ -58,16 +71,17 @@ async def consume(
             logger.warning("%s: record from undeclared topic %s skipped", name, topic)
             continue
         if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
-            await dead_letter(publish, event, "undecodable: record has no value")
+            await dead_letter(publish, event, "undecodable: record has no value", sleep=sleep)
             continue
         try:
             kind = _type_decoder.decode(raw).type
             if kind not in spec.message_types:
-                logger.warning("%s: unknown message type %r on %s skipped", name, kind, topic)
+                logger.warning("%s: unknown message type %r on %s[%d]@%d skipped", name, kind, topic,
+                               event.message.partition, event.message.offset)
                 continue
             msg = spec.decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            await dead_letter(publish, event, f"undecodable: {e}")
+            await dead_letter(publish, event, f"undecodable: {e}", error=f"{type(e).__name__}: {e}", sleep=sleep)
             continue
         await _handle(event, msg, handle, name, publish, sleep)
 
@@ -91,26 +105,94 @@ async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish:
             failures += 1
             if failures >= HANDLER_ATTEMPTS:
                 logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, failures)
-                await dead_letter(publish, event, f"handler failed: {type(e).__name__}: {e}")
+                text = f"{type(e).__name__}: {e}"
+                await dead_letter(publish, event, f"handler failed: {text}", error=text,
+                                  attempts=outages + failures, sleep=sleep)
                 return
             logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, failures)
             await sleep(HANDLER.delay(failures))
 
 
-async def dead_letter(publish: Publish, event: Any, reason: str) -> None:
-    """Keep a record nobody could handle on the dead-letter topic, with the reason."""
+async def dead_letter(
+    publish: Publish,
+    event: Any,
+    reason: str,
+    *,
+    error: str = "",
+    attempts: int = 0,
+    sleep: Sleep = asyncio.sleep,
+) -> None:
+    """Keep a record nobody could handle on the dead-letter topic, with the reason; never raises
+    (but for cancellation): a dead letter that cannot be kept is logged instead."""
+    where = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
+    logger.error("dead letter from %s: %s", where, reason)
+    letter = _letter(event, reason, error, attempts)
+    if letter.truncated:
+        logger.warning("dead letter from %s truncated to fit the broker's size limit", where)
+    outages = 0
+    while True:
+        try:
+            # Awaited: a buffered send that fails is only logged by Faust, and lost.
+            await publish(letter, wait=True)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a dead letter must not stop the agent
+            if _kafka_outage(e):
+                outages += 1
+                pause = OUTAGE.delay(outages)
+                logger.warning("dead letter from %s not published (%s: %s); retry in %.1fs", where,
+                               type(e).__name__, e, pause)
+                await sleep(pause)
+                continue
+            logger.error("dead letter from %s LOST, publishing it failed (%s: %s); reason was: %s; "
+                         "payload (%d bytes, first 200): %r", where, type(e).__name__, e, reason,
+                         len(letter.payload), letter.payload[:200])
+            return
+
+
+def _letter(event: Any, reason: str, error: str, attempts: int) -> DeadLetter:
+    """The dead letter of a record, its payload and key cut to fit the broker's size limit."""
     key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else event.key
     value = event.value if isinstance(event.value, bytes) else b"" if event.value is None else str(event.value).encode()
-    logger.error("dead letter from %s[%d]@%d: %s", event.message.topic, event.message.partition,
-                 event.message.offset, reason)
-    await publish(
-        DeadLetter(
-            source="edpo",
-            topic=event.message.topic,
-            partition=event.message.partition,
-            offset=event.message.offset,
-            key=key,
-            reason=reason[:2000],
-            payload=value.decode("utf-8", errors="replace"),
-        )
+    payload, cut_payload = _fit(value, PAYLOAD_LIMIT)
+    cut_key = key is not None and len(key) > KEY_LIMIT
+    return DeadLetter(
+        source="edpo",
+        topic=event.message.topic,
+        partition=event.message.partition,
+        offset=event.message.offset,
+        key=key[:KEY_LIMIT] if cut_key else key,
+        reason=reason[:REASON_LIMIT],
+        payload=payload,
+        error=error[:ERROR_LIMIT],
+        attempts=attempts,
+        truncated=cut_payload or cut_key,
     )
+
+
+def _fit(value: bytes, limit: int) -> tuple[str, bool]:
+    """value as text whose JSON encoding takes at most limit bytes; True if it had to be cut."""
+    text = value.decode("utf-8", errors="replace")
+    size = len(msgspec.json.encode(text))
+    if size <= limit:
+        return text, False
+    cut = len(value)
+    while size > limit:
+        # JSON escapes make text longer than its bytes; shrink in proportion until it fits.
+        cut = max(min(cut - 1, cut * limit // size), 0)
+        text = value[:cut].decode("utf-8", errors="replace")
+        size = len(msgspec.json.encode(text))
+    return text, True
+
+
+def _kafka_outage(e: BaseException) -> bool:
+    """Whether a failed publish (or its cause: Faust wraps the producer's errors) is a server outage."""
+    cause: BaseException | None = e
+    for _ in range(5):
+        if cause is None:
+            break
+        if isinstance(cause, TRANSIENT + (KafkaTimeoutError,)) or (isinstance(cause, KafkaError) and cause.retriable):
+            return True
+        cause = cause.__cause__
+    return False

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import faust
 
 from edpo.models import Message, encode
+from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.topics import TopicSpec, route
 
 
@@ -39,9 +40,10 @@ def raw_topic(app: faust.App, *specs: TopicSpec) -> faust.TopicT:
 class Publisher:
     """Routes, encodes and sends messages through the app's producer."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, failpoints: Failpoints = NONE) -> None:
         self._app = app
         self._channels: dict[str, faust.TopicT] = {}
+        self.failpoints = failpoints
 
     async def publish(self, *messages: Message, wait: bool = False) -> None:
         """Send each message to its declared topic, keyed by its declared key field."""
@@ -49,12 +51,14 @@ class Publisher:
         for msg in messages:
             spec, key = route(msg)
             pending.append(await self.send_encoded(spec, key, encode(msg)))
-        if wait and pending:
+        if pending and (wait or self.failpoints.armed_at("after_publish")):
             await asyncio.gather(*pending)
+            self.failpoints.hit("after_publish")
 
     async def send_encoded(self, spec: TopicSpec, key: str, payload: bytes) -> Any:
         """Send a message already routed and encoded (the order service's outbox stores them so);
         returns the future of the broker's acknowledgment."""
+        self.failpoints.hit("before_publish")
         channel = self._channels.get(spec.name)
         if channel is None:
             channel = self._channels[spec.name] = raw_topic(self._app, spec)

@@ -7,6 +7,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import faust
 import msgspec
 
+from edpo.runtime.failpoints import NONE, Failpoints
+
 T = TypeVar("T")
 
 
@@ -23,7 +25,8 @@ class Table(Protocol[T]):
 class StructTable(Generic[T]):
     """A RocksDB-backed Faust table holding msgspec structs as JSON bytes, keyed by str."""
 
-    def __init__(self, app: faust.App, name: str, type_: type[T], *, help: str = "") -> None:
+    def __init__(self, app: faust.App, name: str, type_: type[T], *, help: str = "",
+                 failpoints: Failpoints = NONE) -> None:
         self.table = app.Table(
             name,
             key_type=bytes,  # bytes in and out: faust picks its "raw" codec; msgspec encodes
@@ -33,6 +36,7 @@ class StructTable(Generic[T]):
         )
         self._decoder = msgspec.json.Decoder(type_)
         self._encoder = msgspec.json.Encoder()
+        self.failpoints = failpoints
 
     def get(self, key: str) -> T | None:
         return self._load(self.table.get(key.encode()))
@@ -42,6 +46,7 @@ class StructTable(Generic[T]):
 
     def set(self, key: str, value: T) -> None:
         self.table[key.encode()] = self._encoder.encode(value)
+        self.failpoints.hit("after_store")
 
     def local_items(self) -> list[tuple[str, T]]:
         """The entries of partitions this worker owns (no standbys are kept)."""

@@ -19,10 +19,12 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Settings:
-    """Servers and workers up (a no-op when `make test` started them)."""
+def stack(same_settings_as_running_stack: Settings) -> Settings:
+    """Servers and workers up (a no-op when `make test` started them, refused when the workers
+    running have other settings: see tests/stack_check.py)."""
     from edpo.cli import stack_up
 
+    settings = same_settings_as_running_stack
     if os.environ.get("EDPO_TEST_NO_START") != "1":
         stack_up(settings, 1)
     return settings

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 
+import asyncpg
 from aiokafka.partitioner import murmur2
 
 from edpo.camunda.engine import Engine
@@ -119,10 +122,45 @@ async def test_unreachable_address_is_retried_then_cancelled_with_goods_back_in_
     assert await ended_at(engine, order["order_id"]) == ["EndEvent_OrderCancelled"]
 
 
-async def test_idempotency_key_returns_the_first_order(api: Api) -> None:
-    headers = {"Idempotency-Key": f"e2e-{asyncio.get_running_loop().time()}"}
-    first = await api.place([("CABLE", 1)], headers=headers)
-    second = await api.place([("CABLE", 1)], headers=headers)
-    assert second["order_id"] == first["order_id"]
-    final = await api.wait_final(first["order_id"])
+async def test_concurrent_posts_with_one_idempotency_key_make_one_order_one_command_and_one_process(
+    api: Api, engine: Engine
+) -> None:
+    key = f"e2e-{uuid.uuid4().hex}"
+    body = {"customer_id": "e2e", "delivery_address": "Main Street 1, Bern", "items": [{"sku": "CABLE", "quantity": 1}]}
+    await _ensure_available(api, "CABLE", 1)
+
+    async def post() -> tuple[int, dict, str | None]:
+        async with api.http.post(f"{api.orders}/orders", json=body, headers={"Idempotency-Key": key}) as r:
+            return r.status, await r.json(), r.headers.get("Idempotent-Replayed")
+
+    replies = await asyncio.gather(*(post() for _ in range(10)))
+    assert [status for status, _, _ in replies] == [201] * 10, replies
+    order_ids = {reply["order_id"] for _, reply, _ in replies}
+    assert len(order_ids) == 1, f"one key, several orders: {order_ids}"
+    [order_id] = order_ids
+    assert sorted(str(replayed) for _, _, replayed in replies) == ["None"] + ["true"] * 9, \
+        "exactly the first request creates, every other one is a replay"
+    # A retry long after the first request takes the other path (the key is found before inserting).
+    status, late, replayed = await post()
+    assert (status, late["order_id"], replayed) == (201, order_id, "true")
+
+    conn = await asyncpg.connect(api.s.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM orders WHERE idempotency_key = $1", key) == 1
+        payloads = await conn.fetch("SELECT payload, is_command FROM outbox WHERE key = $1", order_id)
+        messages = [(json.loads(bytes(p["payload"]))["type"], p["is_command"]) for p in payloads]
+        assert messages.count(("AcceptOrder", True)) == 1, messages
+        assert messages.count(("OrderPlaced", False)) == 1, messages
+    finally:
+        await conn.close()
+
+    final = await api.wait_final(order_id)
     assert final["status"] == "DELIVERED"
+    assert _statuses(final).count("ACCEPTED") == 1
+    # One process instance for the order, ever (running ones included), also after it ended.
+    history = await eventually(lambda: engine.request("GET", "/history/process-instance",
+                                                      params={"processInstanceBusinessKey": order_id}),
+                               lambda h: len(h) >= 1 and all(i["state"] == "COMPLETED" for i in h), 30,
+                               f"the process of {order_id} to complete")
+    assert len(history) == 1, history
+    assert await engine.request("GET", "/process-instance", params={"businessKey": order_id}) == []

@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
-from edpo.agents.order.bridge import ProcessBridge, record
+from edpo.agents.order.bridge import ProcessBridge, record, start_row_id
+from edpo.agents.order.migrate import migrate
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
-from edpo.agents.order.migrate import migrate
-from edpo.models import OrderAccepted, StockReserved
+from edpo.models import DeadLetter, OrderAccepted, StockReserved, encode
+from edpo.topics import dead_letters_topic, route
 from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, TOPIC_PREFIX
 
 
@@ -79,7 +81,7 @@ async def test_early_event_waits_for_the_process_and_a_duplicate_correlates_once
         accepted = OrderAccepted(source="test", order_id=order_id)
         async with inbox_pool.acquire() as conn:
             assert await record(conn, accepted)
-        await _until(lambda: _work_then(bridge, state(accepted.id), "correlated"), "process start")
+        await _until(lambda: _work_then(bridge, state(start_row_id(order_id)), "correlated"), "process start")
         [instance] = await engine.process_instances(KEY, order_id)
         [reserve] = await _until(lambda: tasks("reserve-stock"), "reserve-stock task")
         locked = await engine.request("POST", "/external-task/fetchAndLock", json={
@@ -104,10 +106,14 @@ async def test_early_event_waits_for_the_process_and_a_duplicate_correlates_once
         assert len(await tasks("pack-goods")) == 1
         assert await engine.process_instances(KEY, order_id) == [instance]
 
-        # 5. Once the instance has ended, the leftover event is discarded (kept for inspection).
+        # 5. Once the instance has ended, the leftover event is dead-lettered (kept for inspection):
+        #    its row is 'dead' and a DeadLetter with the original event waits in the outbox.
         await engine.request("DELETE", f"/process-instance/{instance['id']}")
         await inbox_pool.execute("UPDATE process_inbox SET next_try_at = now() WHERE event_id = $1", later.id)
-        await _until(lambda: _work_then(bridge, state(later.id), "discarded"), "the leftover event to be discarded")
+        await _until(lambda: _work_then(bridge, state(later.id), "dead"), "the leftover event to be dead-lettered")
+        [letter] = await inbox_pool.fetch("SELECT payload FROM outbox WHERE topic = $1", dead_letters_topic.name)
+        dead = msgspec.json.decode(bytes(letter["payload"]), type=DeadLetter)
+        assert dead.payload == encode(later).decode() and dead.topic == route(later)[0].name, dead
 
 
 async def _work_then(bridge: ProcessBridge, value: Awaitable[str], expected: str) -> bool:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
@@ -73,32 +75,68 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
         assert json.loads(variables[0]["value"]) == {"echo": payload, "lines": 1}
 
 
+def _lock_expiry(task: dict) -> datetime | None:
+    text = task.get("lockExpirationTime")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z") if text else None
+
+
 async def test_a_waiting_handler_keeps_its_task_locked_past_the_lock_duration(servers: Settings, tmp_path: Path) -> None:
-    """keep_locked renews a short lock, so no other worker gets the task while its handler waits."""
+    """keep_locked moves the lock's expiry forward, so no other worker gets the task while its
+    handler waits; once it stops, the lock runs out and the task is handed out again."""
     from edpo.camunda.worker import EngineTaskClient, keep_locked
 
     key = f"echo_test_{uuid.uuid4().hex[:8]}"
     topic = f"echo-payload-{key}"
     bpmn = tmp_path / f"{key}.bpmn"
     bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"').replace('"echo-payload"', f'"{topic}"'))
+    lock_ms = 1000
     async with Engine(servers.camunda_url) as engine:
         await engine.deploy(key, bpmn)
-        await engine.start_process(key, "lock-test", {"payload": {"n": 1}})
-        fetch = {"maxTasks": 1, "topics": [{"topicName": topic, "lockDuration": 1000}]}
+        await engine.start_process(key, f"lock-{key}", {"payload": {"n": 1}})
+        fetch = {"maxTasks": 1, "topics": [{"topicName": topic, "lockDuration": lock_ms}]}
         [locked] = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "holder", **fetch})
+        task_path = f"/external-task/{locked['id']}"
+        first = _lock_expiry(await engine.request("GET", task_path))
+        assert first is not None
+
         client = EngineTaskClient("holder", engine, {}, batch=1)
-        keeper = asyncio.create_task(keep_locked(client, locked["id"], 1000))
+        keeper = asyncio.create_task(keep_locked(client, locked["id"], lock_ms))
+        expiries = [first]
         try:
-            for _ in range(6):  # three lock durations, checked twice each
-                await asyncio.sleep(0.5)
+            # Until the first lock is long over: the expiry keeps moving forward, the holder keeps the task.
+            deadline = asyncio.get_running_loop().time() + 15
+            while datetime.now(UTC) < first + timedelta(milliseconds=2 * lock_ms) or len(expiries) < 4:
+                assert asyncio.get_running_loop().time() < deadline, f"the lock was not renewed: {expiries}"
+                task = await engine.request("GET", task_path)
+                assert task["workerId"] == "holder", task
+                expiry = _lock_expiry(task)
+                assert expiry is not None and expiry >= expiries[-1], f"the lock moved back: {expiries + [expiry]}"
+                assert expiry > datetime.now(UTC) - timedelta(milliseconds=100), \
+                    f"the lock ran out while its handler waited: {expiry}"
+                if expiry > expiries[-1]:
+                    expiries.append(expiry)
                 stolen = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "thief", **fetch})
                 assert stolen == [], "the task was handed to another worker while its handler waited"
+                await asyncio.sleep(0.1)
         finally:
             keeper.cancel()
-        await asyncio.sleep(1.5)  # no renewal any more: the lock runs out
-        [taken] = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "next", **fetch})
-        assert taken["id"] == locked["id"]
-        await engine.request("POST", f"/external-task/{taken['id']}/complete", json={"workerId": "next"})
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        assert expiries[-1] > first + timedelta(milliseconds=lock_ms), f"renewals did not outlast the first lock: {expiries}"
+
+        # No renewal any more: the lock runs out where the last renewal put it, and the task is free.
+        last = _lock_expiry(await engine.request("GET", task_path))
+        assert last is not None
+        taken: list = []
+        deadline = asyncio.get_running_loop().time() + 15
+        while not taken:
+            assert asyncio.get_running_loop().time() < deadline, "the lock never ran out"
+            taken = await engine.request("POST", "/external-task/fetchAndLock", json={"workerId": "next", **fetch})
+            if not taken:
+                await asyncio.sleep(0.1)
+        assert datetime.now(UTC) >= last - timedelta(milliseconds=100), "the task was free before its lock ran out"
+        assert taken[0]["id"] == locked["id"]
+        await engine.request("POST", f"/external-task/{taken[0]['id']}/complete", json={"workerId": "next"})
 
 
 async def test_task_worker_runs_a_whole_batch_and_a_failing_handler_ends_as_an_incident(

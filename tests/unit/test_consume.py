@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
 from edpo.models import DeadLetter, Line, Message, ReserveStock, encode
-from edpo.runtime.consume import consume
-from edpo.runtime.retry import HANDLER, HANDLER_ATTEMPTS
+from edpo.runtime.consume import PAYLOAD_LIMIT, consume
+from edpo.runtime.retry import HANDLER, HANDLER_ATTEMPTS, OUTAGE
 
 
 @dataclass
@@ -37,13 +41,18 @@ class FakeStream:
 
 
 class Recorder:
-    """Collects handled messages and dead letters; fails on demand."""
+    """Collects handled messages and dead letters; its handler and its publish fail on demand."""
 
     def __init__(self, failures: list[BaseException] | None = None) -> None:
         self.handled: list[Message] = []
-        self.dead: list[str] = []
+        self.letters: list[DeadLetter] = []
         self.pauses: list[float] = []
         self.failures = list(failures or [])
+        self.publish_failures: list[BaseException] = []
+
+    @property
+    def dead(self) -> list[str]:
+        return [letter.reason for letter in self.letters]
 
     async def handler(self, msg: Message) -> None:
         if self.failures:
@@ -51,7 +60,10 @@ class Recorder:
         self.handled.append(msg)
 
     async def publish(self, *messages: Message, wait: bool = False) -> None:
-        self.dead += [m.reason for m in messages if isinstance(m, DeadLetter)]
+        assert wait, "a dead letter's publish is awaited, else its failure would go unnoticed"
+        if self.publish_failures:
+            raise self.publish_failures.pop(0)
+        self.letters += [m for m in messages if isinstance(m, DeadLetter)]
 
     async def sleep(self, seconds: float) -> None:
         self.pauses.append(seconds)
@@ -75,16 +87,31 @@ async def test_valid_message_is_decoded_once_and_handled(recorder: Recorder) -> 
     assert recorder.dead == []
 
 
-async def test_unknown_type_is_skipped_and_undecodable_records_are_dead_lettered(recorder: Recorder) -> None:
-    events = [
-        FakeEvent(b'{"type": "SomethingNew", "order_id": "o-1"}'),
-        FakeEvent(b"not json"),
-        FakeEvent(b'{"type": "ReserveStock", "order_id": "o-1", "lines": 3}'),
-        FakeEvent(None),
-        FakeEvent(_valid()),
-    ]
-    await recorder.consume(events)
-    assert len(recorder.dead) == 3 and all(r.startswith("undecodable") for r in recorder.dead)
+async def test_unknown_type_is_logged_and_skipped_neither_handled_nor_dead_lettered(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    later = ReserveStock(order_id="o-2", lines=[Line(sku="A", quantity=1)])
+    with caplog.at_level(logging.WARNING, logger="edpo.runtime.consume"):
+        await recorder.consume([
+            FakeEvent(b'{"type": "SomethingNew", "order_id": "o-1"}', message=FakeRecord("warehouse-commands", 2, 7)),
+            FakeEvent(encode(later)),
+        ])
+    assert recorder.letters == [], "an unknown type is not dead-lettered"
+    assert recorder.handled == [later], "the handler never saw the unknown record, and the stream went on"
+    assert "unknown message type 'SomethingNew' on warehouse-commands[2]@7 skipped" in caplog.text
+
+
+async def test_undecodable_records_are_dead_lettered_with_the_error_and_no_attempts(recorder: Recorder) -> None:
+    bad = [b"not json", b'{"type": "ReserveStock", "order_id": "o-1", "lines": 3}', None]
+    events = [FakeEvent(v, message=FakeRecord("warehouse-commands", 1, offset)) for offset, v in enumerate(bad)]
+    await recorder.consume([*events, FakeEvent(_valid(), message=FakeRecord("warehouse-commands", 1, 3))])
+    assert [letter.offset for letter in recorder.letters] == [0, 1, 2]
+    assert all(r.startswith("undecodable") for r in recorder.dead)
+    assert [letter.attempts for letter in recorder.letters] == [0, 0, 0], "no handler saw them"
+    assert recorder.letters[0].error.startswith("DecodeError: ")
+    assert recorder.letters[1].error.startswith("ValidationError: ")
+    assert recorder.letters[0].payload == "not json" and recorder.letters[2].payload == ""
+    assert not any(letter.truncated for letter in recorder.letters)
     assert [m.type for m in recorder.handled] == ["ReserveStock"], "the stream goes on after bad records"
 
 
@@ -94,6 +121,17 @@ async def test_failing_handler_is_retried_then_dead_lettered_and_the_next_record
     assert recorder.dead == ["handler failed: ValueError: bug"]
     assert len(recorder.handled) == 1
     assert recorder.pauses == [HANDLER.delay(n) for n in range(1, HANDLER_ATTEMPTS)], "backoff between retries"
+
+
+async def test_dead_letter_of_a_failing_handler_counts_every_attempt_and_keeps_the_error(recorder: Recorder) -> None:
+    recorder.failures = [ConnectionRefusedError("db down")] * 2 + [KeyError("sku")] * HANDLER_ATTEMPTS
+    raw = _valid()
+    await recorder.consume([FakeEvent(raw, key=b"o-9", message=FakeRecord("warehouse-commands", 3, 41))])
+    [letter] = recorder.letters
+    assert letter.attempts == HANDLER_ATTEMPTS + 2, "outage retries are attempts too"
+    assert letter.error == "KeyError: 'sku'"
+    assert (letter.topic, letter.partition, letter.offset, letter.key) == ("warehouse-commands", 3, 41, "o-9")
+    assert letter.payload.encode() == raw and not letter.truncated
 
 
 async def test_server_outage_is_retried_until_it_passes_and_never_dead_lettered(recorder: Recorder) -> None:
@@ -107,3 +145,61 @@ def test_cancellation_is_not_swallowed(recorder: Recorder) -> None:
     recorder.failures = [asyncio.CancelledError()]
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(recorder.consume([FakeEvent(_valid())]))
+
+
+async def test_oversized_record_is_dead_lettered_truncated_and_the_loop_goes_on(recorder: Recorder) -> None:
+    huge = b'{"type": "ReserveStock", "order_id": "' + b"x" * (2 * 1024 * 1024)
+    await recorder.consume([FakeEvent(huge), FakeEvent(_valid())])
+    [letter] = recorder.letters
+    assert letter.truncated
+    assert huge.startswith(letter.payload.encode()) and len(letter.payload) > PAYLOAD_LIMIT // 2
+    assert len(encode(letter)) < 1_000_000 - 1024, "fits the broker's default message.max.bytes with headroom"
+    assert len(recorder.handled) == 1
+
+
+async def test_payload_that_grows_when_json_escaped_is_cut_until_it_fits(recorder: Recorder) -> None:
+    # Each control byte becomes a six-character \u00XX escape in JSON.
+    await recorder.consume([FakeEvent(b"\x01" * PAYLOAD_LIMIT)])
+    [letter] = recorder.letters
+    assert letter.truncated
+    assert 0 < len(msgspec.json.encode(letter.payload)) <= PAYLOAD_LIMIT
+
+
+async def test_huge_key_is_cut_and_marks_the_dead_letter_truncated(recorder: Recorder) -> None:
+    await recorder.consume([FakeEvent(b"not json", key=b"k" * 100_000)])
+    [letter] = recorder.letters
+    assert letter.truncated and letter.key is not None and len(letter.key) < 100_000
+
+
+@pytest.mark.parametrize("refusal", [
+    MessageSizeTooLargeError("too big"),
+    ProducerSendError("Error while sending"),
+    ValueError("cannot encode"),
+])
+async def test_dead_letter_refused_by_the_broker_is_logged_with_its_position_and_the_loop_goes_on(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture, refusal: Exception
+) -> None:
+    recorder.publish_failures = [refusal]
+    with caplog.at_level(logging.ERROR, logger="edpo.runtime.consume"):
+        await recorder.consume([
+            FakeEvent(b"not json", message=FakeRecord("warehouse-commands", 2, 99)),
+            FakeEvent(b"also not json", message=FakeRecord("warehouse-commands", 2, 100)),
+            FakeEvent(_valid()),
+        ])
+    assert [letter.offset for letter in recorder.letters] == [100], "the next dead letter is kept"
+    assert len(recorder.handled) == 1, "the agent goes on"
+    assert recorder.pauses == [], "a refusal is not retried"
+    lost = [r.getMessage() for r in caplog.records if "LOST" in r.getMessage()]
+    assert len(lost) == 1 and "warehouse-commands[2]@99" in lost[0] and type(refusal).__name__ in lost[0]
+
+
+async def test_dead_letter_publish_during_a_kafka_outage_is_retried_with_backoff_until_it_passes(
+    recorder: Recorder,
+) -> None:
+    wrapped = ProducerSendError("Error while sending")
+    wrapped.__cause__ = KafkaTimeoutError()  # how Faust reports the producer's own errors
+    recorder.publish_failures = [KafkaConnectionError("broker down"), ConnectionResetError(), wrapped]
+    await recorder.consume([FakeEvent(b"not json", message=FakeRecord("warehouse-commands", 0, 5)), FakeEvent(_valid())])
+    assert [letter.offset for letter in recorder.letters] == [5], "kept once Kafka is back"
+    assert recorder.pauses == [OUTAGE.delay(n) for n in (1, 2, 3)]
+    assert len(recorder.handled) == 1

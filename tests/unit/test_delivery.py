@@ -38,12 +38,25 @@ def test_start_acknowledges_and_dispatches_the_courier() -> None:
 
 
 def test_retried_start_delivery_never_starts_a_second_delivery() -> None:
+    """A resend is acknowledged and re-announces the same start (same ids): no second courier, no
+    new due time, no second dice roll."""
+    policy = DeliveryPolicy(unreachable_pattern="unreachable", failure_rate=0.5, courier_time=3.0)
     delivery = Delivery(order_id=ORDER)
-    delivery.start(start(), 100.0, POLICY, roll=0.5)
+    first = delivery.start(start(), 100.0, policy, roll=0.9)
     resent = start()
-    events = delivery.start(resent, 101.0, POLICY, roll=0.0)
-    assert [(type(e), e.correlation_id) for e in events] == [(DeliveryAccepted, resent.id)]
-    assert delivery.attempts["1"].due_at == 103.0
+    events = delivery.start(resent, 101.0, policy, roll=0.0)  # a fresh roll of 0.0 would fail it
+    assert [(type(e), e.correlation_id) for e in events] == [(DeliveryAccepted, resent.id),
+                                                             (DeliveryStarted, resent.id)]
+    assert [e.id for e in events] == [e.id for e in first]
+    assert list(delivery.attempts) == ["1"]
+    assert (delivery.attempts["1"].due_at, delivery.attempts["1"].failure) == (103.0, "")
+
+
+def test_each_attempt_is_its_own_start() -> None:
+    delivery = Delivery(order_id=ORDER)
+    one = delivery.start(start(1), 0.0, POLICY, roll=0.5)
+    two = delivery.start(start(2), 0.0, POLICY, roll=0.5)
+    assert {e.id for e in one}.isdisjoint(e.id for e in two)
 
 
 def test_blank_address_is_rejected_without_an_attempt() -> None:
@@ -86,7 +99,20 @@ def test_successful_attempt_completes_once() -> None:
     events = delivery.finish(finish())
     assert [type(e) for e in events] == [DeliveryCompleted]
     assert delivery.attempts["1"].status == "delivered"
-    assert delivery.finish(finish()) == []
+    # A repeated tick re-announces the same fact (same id): receivers drop it.
+    again = delivery.finish(finish())
+    assert [(type(e), e.id) for e in again] == [(DeliveryCompleted, events[0].id)]
+    assert delivery.attempts["1"].status == "delivered"
+    assert delivery.due(1e9) == []
+
+
+def test_failed_attempt_fails_once() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(address="unreachable road"), 0.0, POLICY, roll=0.5)
+    events = delivery.finish(finish())
+    again = delivery.finish(finish())
+    assert [(type(e), e.id, e.reason) for e in again] == [(DeliveryFailed, events[0].id, "address unreachable")]
+    assert delivery.attempts["1"].status == "failed"
     assert delivery.due(1e9) == []
 
 

@@ -6,8 +6,15 @@ from collections.abc import Callable
 
 import msgspec
 
-from edpo.domain.factory import ProductionLine, ProductionPlan
-from edpo.models import CompleteProduction, ItemsManufactured, ManufactureItems, Message, ProductionStarted
+from edpo.domain.factory import KEEP_FINISHED, ProductionLine, ProductionPlan
+from edpo.models import (
+    CompleteProduction,
+    ItemsManufactured,
+    ManufactureItems,
+    Message,
+    ProductionRequested,
+    ProductionStarted,
+)
 
 SKU = "BOLT"
 
@@ -42,6 +49,23 @@ def made(events: list[Message]) -> list[tuple[str, int]]:
     return [(e.production_id, e.quantity) for e in events if isinstance(e, ItemsManufactured)]
 
 
+def types(events: list[Message]) -> list[type[Message]]:
+    return [type(e) for e in events]
+
+
+def test_request_is_acknowledged_once_per_request_id() -> None:
+    plant = Plant()
+    cmd = ManufactureItems(sku=SKU, quantity=20, request_id="q1")
+    [ack, _] = plant.line.request(cmd, 0.0, plant.plan)
+    assert isinstance(ack, ProductionRequested)
+    assert (ack.sku, ack.request_id, ack.correlation_id) == (SKU, "q1", cmd.id)
+    resent = ManufactureItems(sku=SKU, quantity=20, request_id="q1")
+    [again] = plant.line.request(resent, 1.0, plant.plan)
+    assert (type(again), again.id, again.correlation_id) == (ProductionRequested, ack.id, resent.id)
+    [other, *_] = plant.request(5, "q2")
+    assert isinstance(other, ProductionRequested) and other.id != ack.id
+
+
 def test_first_request_starts_a_batch_due_after_the_lead_time() -> None:
     plant = Plant(lead_time=5.0)
     assert started(plant.request(20, "q1", now=100.0)) == [("p1", 20)]
@@ -65,15 +89,16 @@ def test_large_request_is_split_at_capacity() -> None:
 def test_duplicate_request_is_produced_once() -> None:
     plant = Plant()
     plant.request(20, "q1")
-    assert plant.request(20, "q1") == []
-    assert (plant.line.current_qty, plant.line.pending) == (20, 0)
+    assert types(plant.request(20, "q1")) == [ProductionRequested]  # acknowledged again, nothing started
+    assert (plant.line.current_id, plant.line.current_qty, plant.line.pending) == ("p1", 20, 0)
 
 
 def test_requests_for_same_sku_coalesce_into_one_batch() -> None:
     plant = Plant(lead_time=5.0)
     plant.request(20, "q1", now=0.0)
-    assert plant.request(4, "q2", now=1.0) == []
-    assert plant.request(7, "q3", now=2.0) == []
+    assert types(plant.request(4, "q2", now=1.0)) == [ProductionRequested]
+    assert types(plant.request(7, "q3", now=2.0)) == [ProductionRequested]
+    assert (plant.line.current_id, plant.line.pending) == ("p1", 11)
     events = plant.complete("p1", now=5.0)
     assert made(events) == [("p1", 20)]
     assert started(events) == [("p2", 11)]  # q2 and q3 together
@@ -90,12 +115,38 @@ def test_completed_batch_with_nothing_pending_leaves_the_line_idle() -> None:
 
 
 def test_repeated_completion_tick_produces_nothing_twice() -> None:
+    """A repeated tick re-announces the finished batch with the same id (the stock books it once by
+    production id) and counts nothing twice."""
     plant = Plant()
     plant.request(20, "q1")
-    plant.complete("p1", now=5.0)
-    assert plant.complete("p1", now=6.0) == []
+    [first] = plant.complete("p1", now=5.0)
+    again = plant.complete("p1", now=6.0)
+    assert [(type(e), e.id, e.quantity) for e in again] == [(ItemsManufactured, first.id, 20)]
     assert plant.complete("", now=6.0) == []
-    assert plant.line.produced_total == 20
+    assert (plant.line.produced_total, plant.line.batches, plant.line.current_id) == (20, 1, "")
+
+
+def test_repeated_tick_of_a_batch_that_started_the_next_starts_nothing_more() -> None:
+    plant = Plant()
+    plant.request(20, "q1")
+    plant.request(5, "q2")
+    first = plant.complete("p1", now=5.0)
+    assert (made(first), started(first)) == ([("p1", 20)], [("p2", 10)])
+    again = plant.complete("p1", now=6.0)
+    assert [(type(e), e.id) for e in again] == [(ItemsManufactured, first[0].id)]
+    assert (plant.line.current_id, plant.line.current_qty, plant.line.due_at, plant.line.pending) == ("p2", 10, 10.0, 0)
+    assert (plant.line.produced_total, plant.line.batches) == (20, 1)
+
+
+def test_only_the_latest_finished_batches_are_remembered() -> None:
+    plant = Plant(min_batch=1)
+    for i in range(KEEP_FINISHED + 1):
+        plant.request(1, f"q{i}")
+        plant.complete(f"p{i + 1}", now=float(i))
+    assert len(plant.line.finished) == KEEP_FINISHED
+    assert plant.complete("p1", now=100.0) == []  # forgotten: too old to be a replay
+    assert made(plant.complete("p2", now=100.0)) == [("p2", 1)]
+    assert plant.line.produced_total == KEEP_FINISHED + 1
 
 
 def test_tick_for_another_batch_is_ignored() -> None:
@@ -109,7 +160,8 @@ def test_production_events_carry_the_request_trace() -> None:
     plant = Plant()
     cmd = ManufactureItems(sku=SKU, quantity=5, request_id="q1", trace_id="t-7")
     events = plant.line.request(cmd, 0.0, plant.plan)
-    assert [(e.trace_id, e.source) for e in events] == [("t-7", "factory")]
+    assert types(events) == [ProductionRequested, ProductionStarted]
+    assert [(e.trace_id, e.source) for e in events] == [("t-7", "factory"), ("t-7", "factory")]
 
 
 def test_production_line_survives_a_json_round_trip_as_table_value() -> None:

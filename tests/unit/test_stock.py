@@ -46,6 +46,18 @@ def levels(events: list[Message]) -> list[tuple[str, int, int]]:
     return [(e.reason, e.on_hand, e.reserved) for e in events if isinstance(e, StockLevelChanged)]
 
 
+def snapshot(stock: SkuStock) -> SkuStock:
+    """A copy of the state as the table stores it."""
+    return msgspec.json.decode(msgspec.json.encode(stock), type=SkuStock)
+
+
+def reannounces_open_orders(events: list[Message], stock: SkuStock) -> bool:
+    """Every event is a LineReserved telling an open order holding units exactly what it holds, and
+    every such order is told."""
+    holding = {o: (stock.requested[o], n) for o, n in stock.allocated.items() if n}
+    return all(isinstance(e, LineReserved) for e in events) and len(events) == len(holding) and lines(events) == holding
+
+
 def test_seeding_books_the_starting_stock() -> None:
     stock = SkuStock(sku=SKU)
     events = stock.seed(SeedStock(sku=SKU, quantity=7))
@@ -55,8 +67,19 @@ def test_seeding_books_the_starting_stock() -> None:
 
 def test_restart_does_not_reseed() -> None:
     stock = seeded(7)
-    assert stock.seed(SeedStock(sku=SKU, quantity=7)) == []
+    assert stock.seed(SeedStock(sku=SKU, quantity=7)) == []  # no open order to tell
     assert stock.on_hand == 7
+
+
+def test_restart_with_open_orders_reannounces_them_without_reseeding() -> None:
+    stock = seeded(3)
+    stock.reserve(reserve("o1", 2))
+    stock.reserve(reserve("o2", 4))  # gets 1, waits for 3
+    stock.reserve(reserve("o3", 1))  # gets nothing: nothing to re-announce
+    before = snapshot(stock)
+    events = stock.seed(SeedStock(sku=SKU, quantity=3))
+    assert stock == before
+    assert lines(events) == {"o1": (2, 2), "o2": (4, 1)} and len(events) == 2
 
 
 def test_seeding_after_orders_wait_serves_them_first() -> None:
@@ -137,6 +160,18 @@ def test_duplicate_receipt_is_booked_once() -> None:
     assert stock.on_hand == 5
 
 
+def test_duplicate_receipt_reannounces_the_orders_it_served() -> None:
+    stock = seeded(0)
+    stock.reserve(reserve("o1", 3))
+    first = stock.receive(receipt(5, "r1"))
+    before = snapshot(stock)
+    again = stock.receive(receipt(5, "r1"))  # another message, same receipt id
+    assert stock == before
+    assert lines(again) == lines(first) == {"o1": (3, 3)}
+    assert levels(again) == []
+    stock.check()
+
+
 def test_manufactured_batch_is_booked_once_by_production_id() -> None:
     stock = seeded(0)
     batch = ItemsManufactured(sku=SKU, production_id="p1", quantity=10)
@@ -179,6 +214,22 @@ def test_release_of_unknown_order_changes_nothing() -> None:
     assert stock.release(ReleaseLine(order_id="o1", sku=SKU)) == []
     assert stock.release(ReleaseLine(order_id="never", sku=SKU)) == []
     assert stock.reserved == 0
+
+
+def test_repeated_release_reannounces_the_orders_that_got_the_units() -> None:
+    stock = seeded(5)
+    stock.reserve(reserve("o1", 5))
+    stock.reserve(reserve("o2", 3))
+    stock.reserve(reserve("o3", 1))
+    first = stock.release(ReleaseLine(order_id="o1", sku=SKU))
+    assert lines(first) == {"o2": (3, 3), "o3": (1, 1)}
+    before = snapshot(stock)
+    again = stock.release(ReleaseLine(order_id="o1", sku=SKU))
+    assert stock == before
+    assert lines(again) == lines(first) and levels(again) == []
+    # An order never seen here was never released here: nobody to tell.
+    assert stock.release(ReleaseLine(order_id="never", sku=SKU)) == []
+    stock.check()
 
 
 def test_shipping_takes_the_allocated_units_off_the_books() -> None:
@@ -262,13 +313,29 @@ def test_stock_survives_a_json_round_trip_as_table_value() -> None:
     assert lines(restored.receive(receipt(3))) == {"o1": (5, 5)}
 
 
+def apply(stock: SkuStock, cmd: Message) -> list[Message]:
+    """The stock keeper's dispatch, for the operations the property test draws."""
+    match cmd:
+        case ReserveLine():
+            return stock.reserve(cmd)
+        case ReceiveStock():
+            return stock.receive(cmd)
+        case ReleaseLine():
+            return stock.release(cmd)
+        case ShipLine():
+            return stock.ship(cmd)
+    raise AssertionError(f"unexpected {cmd.type}")
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_operations_keep_the_books_consistent(seed: int) -> None:
-    """Property: any sequence of operations, duplicates included, keeps the invariants and conserves units."""
+    """Property: any sequence of operations, duplicates and crash replays included, keeps the
+    invariants and conserves units; an input whose effect is stored changes nothing and only
+    re-announces open orders' reservations."""
     rnd = random.Random(seed)
     initial = rnd.randint(0, 20)
     stock = seeded(initial)
-    received = shipped = 0
+    received = shipped = replays = 0
     # What the emitted LineReserved events say each open order holds: an independent ledger.
     reported: dict[str, int] = {}
     orders = [f"o{i}" for i in range(10)]
@@ -278,23 +345,32 @@ def test_random_operations_keep_the_books_consistent(seed: int) -> None:
             orders = orders[1:] + [f"o{10 + step}"]
         op = rnd.choice(["reserve", "reserve", "receive", "receive", "release", "ship", "dup_receipt"])
         order = rnd.choice(orders)
+        cmd: Message
         if op == "reserve":
-            events = stock.reserve(reserve(order, rnd.randint(1, 8)))
+            cmd = reserve(order, rnd.randint(1, 8))
         elif op == "receive":
-            receipts.append(receipt(rnd.randint(1, 10), f"r{len(receipts)}"))
-            received += receipts[-1].quantity
-            events = stock.receive(receipts[-1])
+            cmd = receipt(rnd.randint(1, 10), f"r{len(receipts)}")
+            receipts.append(cmd)
+            received += cmd.quantity
         elif op == "dup_receipt" and receipts:
-            events = stock.receive(rnd.choice(receipts))
-            assert events == []
+            earlier = rnd.choice(receipts)
+            cmd = receipt(earlier.quantity, earlier.receipt_id)  # another message, same receipt
         elif op == "release":
-            events = stock.release(ReleaseLine(order_id=order, sku=SKU))
+            cmd = ReleaseLine(order_id=order, sku=SKU)
+        elif op == "ship":
+            cmd = ShipLine(order_id=order, sku=SKU)
+        else:
+            continue  # a duplicate receipt before any receipt
+        duplicate = op == "dup_receipt" or (op == "release" and order in stock.closed and order not in stock.requested)
+        before = snapshot(stock)
+        events = apply(stock, cmd)
+        if duplicate:
+            assert stock == before, f"a duplicate {op} changes nothing"
+            assert reannounces_open_orders(events, stock)
+        if op == "release":
             reported.pop(order, None)
         elif op == "ship":
-            events = stock.ship(ShipLine(order_id=order, sku=SKU))
             shipped += reported.pop(order, 0)
-        else:
-            events = []
         for e in events:
             if isinstance(e, LineReserved):
                 assert e.reserved >= reported.get(e.order_id, 0), "an open order's reservation never shrinks"
@@ -304,3 +380,15 @@ def test_random_operations_keep_the_books_consistent(seed: int) -> None:
         assert sum(reported.values()) == stock.reserved, "every allocation was reported"
         if events and isinstance(events[-1], StockLevelChanged):
             assert (events[-1].on_hand, events[-1].reserved) == (stock.on_hand, stock.reserved)
+        if rnd.random() < 0.3:
+            # The worker died after storing and before publishing: the same input meets its own
+            # effect. Nothing changes, and every LineReserved of the first run comes again by id.
+            replays += 1
+            stored = snapshot(stock)
+            replayed = apply(stock, cmd)
+            assert stock == stored, f"a replayed {op} changes nothing"
+            assert all(isinstance(e, LineReserved) for e in replayed)
+            assert {e.id for e in events if isinstance(e, LineReserved)} <= {e.id for e in replayed}
+            for e in replayed:
+                assert reported.get(e.order_id) == e.reserved, "a replay re-announces what was reported"
+    assert replays > 50

@@ -29,6 +29,7 @@ from edpo.models import (
     ProductionStarted,
     ReceiveStock,
     ReleaseStock,
+    ReservationAccepted,
     ReserveLine,
     ReserveStock,
     SeedStock,
@@ -38,6 +39,7 @@ from edpo.models import (
     StockReserved,
     caused_by,
 )
+from edpo.runtime.commands import CommandUnanswered
 from tests.unit.fakes import FakeCommands, MemoryTable, RecordingPublish, external_task
 
 CATALOG = Catalog(skus=[CatalogItem(sku="A", stock=5), CatalogItem(sku="B", stock=3)])
@@ -84,11 +86,13 @@ async def test_rejected_order_is_not_stored() -> None:
 async def test_reserve_stock_for_an_order_missing_from_the_table_is_rebuilt_from_the_command() -> None:
     rig = Rig()
     lines = [Line(sku="A", quantity=2), Line(sku="B", quantity=1)]
-    await rig.warehouse.on_order_message(ReserveStock(order_id=ORDER, lines=lines))
+    cmd = ReserveStock(order_id=ORDER, lines=lines)
+    await rig.warehouse.on_order_message(cmd)
     stored = rig.reservations.get(ORDER)
     assert stored is not None and stored.lines == {"A": 2, "B": 1} and stored.reserve_requested
     assert {(m.sku, m.quantity) for m in rig.publish.sent if isinstance(m, ReserveLine)} == {("A", 2), ("B", 1)}
-    assert rig.publish.types() == [ReserveLine, ReserveLine]
+    assert rig.publish.types() == [ReservationAccepted, ReserveLine, ReserveLine]
+    assert rig.publish.sent[0].correlation_id == cmd.id
 
 
 async def test_line_reserved_is_stored_and_the_outcome_published() -> None:
@@ -186,14 +190,24 @@ async def test_a_receipt_is_published_and_waited_for() -> None:
 # --- external tasks -------------------------------------------------------------------------------
 
 
-async def test_reserve_stock_task_sends_the_command_and_completes() -> None:
-    rig = Rig()
+async def test_reserve_stock_task_completes_once_the_warehouse_has_the_request() -> None:
+    rig = Rig(answer=lambda cmd: caused_by(cmd, ReservationAccepted, source="warehouse", reply=True, order_id=ORDER))
     task = external_task("reserve-stock", ORDER, lines=[{"sku": "A", "quantity": 2}], trace_id="tr")
     result = await rig.warehouse.reserve_stock(task)
-    [cmd] = rig.commands.sent
-    assert isinstance(cmd, ReserveStock)
+    [(cmd, replies)] = rig.commands.requested
+    assert isinstance(cmd, ReserveStock) and replies == (ReservationAccepted,)
     assert (cmd.order_id, cmd.lines, cmd.trace_id) == (ORDER, [Line(sku="A", quantity=2)], "tr")
+    assert rig.commands.sent == []
     assert result.is_success()
+
+
+async def test_unacknowledged_reserve_stock_fails_the_task_call() -> None:
+    def unanswered(cmd: Message) -> Message:
+        raise CommandUnanswered(f"{cmd.type}: no acknowledgment")
+
+    rig = Rig(answer=unanswered)
+    with pytest.raises(CommandUnanswered):
+        await rig.warehouse.reserve_stock(external_task("reserve-stock", ORDER, lines=[{"sku": "A", "quantity": 2}]))
 
 
 async def test_pack_goods_task_completes_once_packed() -> None:

@@ -22,6 +22,7 @@ import msgspec
 from camunda.external_task.external_task import ExternalTask, TaskResult
 
 from edpo.agents.order import bridge
+from edpo.agents.order.reconcile import Reconciler
 from edpo.agents.order.store import OrderStore
 from edpo.camunda import ORDER_FULFILMENT_BPMN
 from edpo.config import Settings
@@ -30,6 +31,8 @@ from edpo.domain.lifecycle import STATUSES, status_for
 from edpo.domain.order import NewOrder, validate_new_order
 from edpo.models import Message
 from edpo.runtime.app import ServiceApp, error_json
+from edpo.runtime.consume import TRANSIENT
+from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.runtime.retry import STARTUP
 from edpo.topics import delivery_events_topic, warehouse_events_topic
 
@@ -41,8 +44,9 @@ class Orders:
     """The order service's handlers over its store; they wake the relay and the bridge when
     they leave work for them."""
 
-    def __init__(self, store: OrderStore) -> None:
+    def __init__(self, store: OrderStore, failpoints: Failpoints = NONE) -> None:
         self.store = store
+        self.failpoints = failpoints
         self.relay_wake = asyncio.Event()
         self.bridge_wake = asyncio.Event()
 
@@ -51,6 +55,7 @@ class Orders:
         if status_for(msg) is None and not bridge.wanted(msg):
             return  # progress nobody here records (GoodsPicked, DeliveryAccepted, ...): no database trip
         status, queued = await self.store.record_event(msg)
+        self.failpoints.hit("after_store")
         if status:
             self.relay_wake.set()
         if queued:
@@ -95,12 +100,27 @@ class OrderBackground(mode.Service):
         pool = await self.orders.store.open()
         await STARTUP.retry("BPMN deployment", self.deploy)
         process_bridge = bridge.ProcessBridge(self.settings, pool, self.app.engine, self.start_variables, self.deploy,
-                                              wake=self.orders.bridge_wake)
+                                              wake=self.orders.bridge_wake, failpoints=self.app.failpoints)
+        reconciler = Reconciler(pool, self.app.engine, process_bridge.process_key, grace=self.settings.reconcile_grace,
+                                retention_hours=self.settings.retention_hours, count=self.app.count,
+                                wake=self.orders.bridge_wake.set)
+        self.app.health_details["outbox"] = lambda: self.orders.store.outbox_report(self.settings.command_attempts)
         self.app.ready.set()
-        await asyncio.gather(process_bridge.run(), self._relay())
+        await asyncio.gather(process_bridge.run(), self._relay(), self._reconcile(reconciler))
 
     async def on_stop(self) -> None:
         await self.orders.store.close()
+
+    async def _reconcile(self, reconciler: Reconciler) -> None:
+        """Repair what crashes left between orders and process instances, every interval."""
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await reconciler.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - engine or database away: next round
+                logger.exception("reconciliation round failed")
 
     async def _relay(self) -> None:
         """Publish outbox rows (events once; commands until acknowledged, with backoff)."""
@@ -108,8 +128,9 @@ class OrderBackground(mode.Service):
         while True:
             wake.clear()  # before looking, so a row written meanwhile is not missed
             try:
-                sent = await self.orders.store.relay_once(self.app.publisher.send_encoded,
-                                                          self.settings.command_timeout)
+                sent = await self.orders.store.relay_once(
+                    self.app.publisher.send_encoded, self.settings.command_timeout, self.settings.command_attempts,
+                    after_send=lambda: self.app.failpoints.hit("after_publish"), count=self.app.count)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Kafka or DB hiccup: rows stay and are retried
@@ -127,13 +148,20 @@ def create_app(settings: Settings) -> ServiceApp:
     app = ServiceApp(SOURCE, settings)
     app.ready.clear()  # until the database is open and the process deployed
     catalog = load_catalog(settings.catalog)
-    orders = Orders(OrderStore(settings.database_url))
+    orders = Orders(OrderStore(settings.database_url), app.failpoints)
     app.start_with(OrderBackground(app, orders))
 
     app.agent_over("order_lifecycle", orders.on_event, warehouse_events_topic, delivery_events_topic)
     app.serve_tasks({"cancel-order": orders.cancel_order})
 
     # --- REST API ---
+
+    def unavailable(web: Any, e: BaseException) -> Any:
+        """The database is away: 503 with Retry-After; nothing was stored, the client retries
+        (with its Idempotency-Key, a retry never places the order twice)."""
+        logger.warning("order API: database unavailable (%s: %s)", type(e).__name__, e)
+        return web.json({"errors": [{"field": "", "message": "the order database is unavailable; retry shortly"}]},
+                        status=503, headers={"Retry-After": "2"})
 
     @app.page("/orders")
     class OrdersView(faust.web.View):
@@ -148,7 +176,10 @@ def create_app(settings: Settings) -> ServiceApp:
             new, errors = validate_new_order(body, catalog.sku_set)
             if new is None:
                 return self.json({"errors": errors}, status=422)
-            order, created = await orders.place(new, request.headers.get("Idempotency-Key") or None)
+            try:
+                order, created = await orders.place(new, request.headers.get("Idempotency-Key") or None)
+            except TRANSIENT as e:
+                return unavailable(self, e)
             headers = {"Location": f"/orders/{order['order_id']}"}
             if not created:
                 headers["Idempotent-Replayed"] = "true"
@@ -164,14 +195,20 @@ def create_app(settings: Settings) -> ServiceApp:
                     raise ValueError
             except ValueError:
                 return error_json(self, 422, "limit", "limit must be an integer 1..1000")
-            return self.json({"orders": await orders.store.find(status, limit)})
+            try:
+                return self.json({"orders": await orders.store.find(status, limit)})
+            except TRANSIENT as e:
+                return unavailable(self, e)
 
     @app.page("/orders/{order_id}")
     class OrderView(faust.web.View):
         """GET /orders/{order_id}: the order with its lines and status history."""
 
         async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
-            order = await orders.store.get(order_id)
+            try:
+                order = await orders.store.get(order_id)
+            except TRANSIENT as e:
+                return unavailable(self, e)
             if order is None:
                 return error_json(self, 404, "order_id", f"no order {order_id!r}")
             return self.json(order)

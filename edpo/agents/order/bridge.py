@@ -3,8 +3,11 @@
 Events are written to the `process_inbox` table in the same transaction as the order's
 status change, then correlated by a loop. Correlation is retried while no instance waits
 for the message yet (an event that arrives early is not lost); the event id is the primary
-key, so a duplicate event is stored once and correlated at most once. A message that no
-longer fits (its instance has ended) is discarded and kept for inspection.
+key, so a duplicate event is stored once and correlated at most once. An order has one
+start row (`start:<order id>`), however many OrderAccepted arrive and however many order
+workers run: the row is locked while it is worked on, so one instance is started per order.
+A message that no longer fits (its instance has ended, or none waited for it for an hour)
+is dead-lettered with the reason, never dropped; `edpo dlq replay` brings it back.
 """
 
 from __future__ import annotations
@@ -17,23 +20,38 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
+from edpo.agents.order.outbox import enqueue
 from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, EngineError
 from edpo.config import Settings
 from edpo.models import (
+    OrderEvent,
+    WarehouseEvent,
+    DeliveryEvent,
+    DeadLetter,
     DeliveryCompleted,
     DeliveryFailed,
     Message,
     OrderAccepted,
     StockPartiallyReserved,
     StockReserved,
+    encode,
 )
+from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.runtime.retry import CORRELATION
+from edpo.topics import route
 
 logger = logging.getLogger(__name__)
 
 START = "start"  # the inbox row that starts the order's process instance
+DEAD = "dead"  # an inbox row given up on: dead-lettered with its reason
+
+
+def start_row_id(order_id: str) -> str:
+    """The one inbox row that starts an order's process instance."""
+    return f"start:{order_id}"
 
 
 def _no_vars(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -49,8 +67,14 @@ CORRELATIONS: dict[type[Message], Callable[[Any], tuple[dict[str, Any], dict[str
     DeliveryFailed: lambda e: ({"delivery_failure": e.reason}, {"delivery_attempt": e.attempt}),
 }
 
-# How long an event may wait for its process before it is given up (and kept, discarded).
+# How long an event may wait for its process before it is given up (dead-lettered).
 MAX_PENDING = timedelta(hours=1)
+
+_event_decoder = msgspec.json.Decoder(OrderEvent | WarehouseEvent | DeliveryEvent)
+
+
+def decode_event(raw: bytes) -> Message:
+    return _event_decoder.decode(raw)
 
 
 def wanted(msg: Message) -> bool:
@@ -59,21 +83,40 @@ def wanted(msg: Message) -> bool:
 
 
 async def record(conn: asyncpg.Connection, msg: Message) -> bool:
-    """Put an event the process cares about into the inbox (inside the caller's transaction)."""
+    """Put an event the process cares about into the inbox (inside the caller's transaction).
+
+    A duplicate is stored once; the same event arriving again after it was dead-lettered (a
+    replay) makes the row pending again."""
     order_id: str = msg.order_id  # type: ignore[attr-defined]
     if isinstance(msg, OrderAccepted):
-        name, values, keys = START, {}, {}
+        row_id, name, values, keys = start_row_id(order_id), START, {}, {}
     elif wanted(msg):
-        name = msg.type
+        row_id, name = msg.id, msg.type
         values, keys = CORRELATIONS[type(msg)](msg)
     else:
         return False
     status = await conn.execute(
-        "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
-        msg.id, order_id, name, json.dumps(values), json.dumps(keys),
+        "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation, payload)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO UPDATE"
+        " SET state = 'pending', attempts = 0, next_try_at = now(), done_at = NULL, last_error = NULL"
+        " WHERE process_inbox.state = 'dead'",
+        row_id, order_id, name, json.dumps(values), json.dumps(keys), encode(msg).decode(),
     )
     return status.endswith("1")
+
+
+def dead_letter_of(row: asyncpg.Record, reason: str) -> DeadLetter:
+    """The dead letter of an inbox row: the original event, back on its topic when replayed."""
+    payload = row["payload"] or ""
+    topic = ""
+    if payload:
+        try:
+            topic = route(decode_event(payload.encode()))[0].name
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+            topic = ""
+    return DeadLetter(source="order", topic=topic, partition=-1, offset=-1, key=row["order_id"],
+                      reason=f"process bridge: {reason}", payload=payload, error=row["last_error"] or "",
+                      attempts=row["attempts"] + 1)
 
 
 class ProcessBridge:
@@ -81,8 +124,10 @@ class ProcessBridge:
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, engine: Engine,
                  start_variables: Callable[[str], Any], deploy: Callable[[], Any],
-                 process_key: str = ORDER_FULFILMENT, wake: asyncio.Event | None = None) -> None:
+                 process_key: str = ORDER_FULFILMENT, wake: asyncio.Event | None = None,
+                 failpoints: Failpoints = NONE) -> None:
         self.settings = settings
+        self.failpoints = failpoints
         self.process_key = process_key
         self.pool = pool
         self.engine = engine
@@ -123,8 +168,14 @@ class ProcessBridge:
             for row in rows:
                 by_order.setdefault(row["order_id"], []).append(row)
             results = await asyncio.gather(*(self._order_rows(rs) for rs in by_order.values()))
+            rows_by_id = {row["event_id"]: row for row in rows}
             for updates in results:
                 for args in updates:
+                    if args[1] == DEAD:
+                        letter = dead_letter_of(rows_by_id[args[0]], args[2] or "given up")
+                        logger.error("inbox row %s (%s for order %s) dead-lettered: %s", args[0],
+                                     rows_by_id[args[0]]["message_name"], rows_by_id[args[0]]["order_id"], args[2])
+                        await enqueue(conn, letter)
                     await conn.execute(
                         "UPDATE process_inbox SET state = $2, attempts = attempts + 1, last_error = $3,"
                         " next_try_at = now() + make_interval(secs => $4),"
@@ -145,25 +196,26 @@ class ProcessBridge:
         order_id = row["order_id"]
         try:
             if row["message_name"] == START:
-                return await self._start(order_id), None
+                return await self._start(order_id)
             await self.engine.correlate(
                 row["message_name"], order_id, json.loads(row["variables"]), json.loads(row["correlation"])
             )
+            self.failpoints.hit("after_correlate")
             return "correlated", None
         except EngineError as e:
             if e.is_no_match:
-                return await self._unmatched(order_id, row), "no process instance waits for it (yet)"
+                return await self._unmatched(order_id, row)
             return "pending", str(e)[:500]
         except Exception as e:  # noqa: BLE001 - engine unreachable: retry later
             return "pending", f"{type(e).__name__}: {e}"[:500]
 
-    async def _start(self, order_id: str) -> str:
+    async def _start(self, order_id: str) -> tuple[str, str | None]:
         """Start the order's instance unless one exists (or existed): idempotent."""
         if await self.engine.history_instances(self.process_key, order_id):
-            return "discarded"
+            return "correlated", "an instance existed already"
         values = await self.start_variables(order_id)
         if values is None:
-            return "discarded"
+            return DEAD, "no such order in the order database"
         try:
             await self.engine.start_process(self.process_key, order_id, values)
         except EngineError as e:
@@ -173,13 +225,17 @@ class ProcessBridge:
             logger.warning("process %s not deployed; deploying it again", self.process_key)
             await self.deploy()
             await self.engine.start_process(self.process_key, order_id, values)
-        return "correlated"
+        self.failpoints.hit("after_start")
+        return "correlated", None
 
-    async def _unmatched(self, order_id: str, row: asyncpg.Record) -> str:
-        """Keep waiting while the instance runs (or has not started); give up once it has ended."""
+    async def _unmatched(self, order_id: str, row: asyncpg.Record) -> tuple[str, str | None]:
+        """Keep waiting while the instance runs (or has not started); give up, dead-lettering the
+        event with the reason, once its instance has ended or after MAX_PENDING."""
         history = await self.engine.history_instances(self.process_key, order_id)
         if history and all(h["state"] != "ACTIVE" for h in history):
-            return "discarded"
+            return DEAD, f"{row['message_name']}: the order's process instance has ended"
         received = row["received_at"]
         age = await self.pool.fetchval("SELECT now() - $1::timestamptz", received)
-        return "discarded" if age > MAX_PENDING else "pending"
+        if age > MAX_PENDING:
+            return DEAD, f"{row['message_name']}: no process instance waited for it within {MAX_PENDING}"
+        return "pending", "no process instance waits for it (yet)"

@@ -18,6 +18,7 @@ import msgspec
 
 from edpo.agents.order import bridge
 from edpo.agents.order.migrate import migrate
+from edpo.agents.order.outbox import enqueue
 from edpo.domain.lifecycle import advances, rank, status_for
 from edpo.domain.order import NewOrder
 from edpo.models import (
@@ -29,11 +30,10 @@ from edpo.models import (
     OrderRejected,
     OrderStatusChanged,
     caused_by,
-    encode,
     new_id,
 )
 from edpo.runtime.retry import OUTBOX_CAP, STARTUP, Backoff
-from edpo.topics import BY_NAME, TopicSpec, route
+from edpo.topics import BY_NAME, TopicSpec
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +41,6 @@ SOURCE = "order"
 
 
 Send = Callable[[TopicSpec, str, bytes], Awaitable[Any]]
-
-
-async def enqueue(conn: asyncpg.Connection, msg: Message, *, command: bool = False) -> None:
-    """Keep msg for the relay, routed now (topic and key from topics.py), in the caller's transaction."""
-    spec, key = route(msg)
-    await conn.execute(
-        "INSERT INTO outbox (message_id, topic, key, payload, is_command) VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (message_id) DO NOTHING",
-        msg.id, spec.name, key, encode(msg), command,
-    )
 
 
 async def create_order(pool: asyncpg.Pool, new: NewOrder, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
@@ -203,8 +193,13 @@ async def due_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Recor
     )
 
 
-async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeout: float) -> None:
-    """Events are done once sent; commands wait for their ack and are resent with backoff."""
+async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeout: float, attempts: int = 5,
+                    count: Callable[[str, int], None] = lambda name, n: None) -> None:
+    """Events are done once sent; commands wait for their ack and are resent with backoff.
+
+    A command is resent with the same backoff as CommandClient's (EDPO_COMMAND_TIMEOUT doubling);
+    after EDPO_COMMAND_ATTEMPTS sends it is reported (log, counter, /health "outbox") and still
+    resent at the cap, because giving up would lose the order."""
     events = [r["message_id"] for r in rows if not r["is_command"]]
     if events:
         await conn.execute(
@@ -216,8 +211,13 @@ async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeou
     for r in rows:
         if r["is_command"]:
             backoff = resend.delay(r["attempts"] + 1)
-            if r["attempts"] >= 1:
-                logger.warning("command %s unanswered; resent (attempt %d)", r["message_id"], r["attempts"] + 1)
+            sends = r["attempts"] + 1
+            if sends > attempts:
+                logger.error("command %s unanswered after %d sends; still resending every %.0fs", r["message_id"],
+                             sends - 1, backoff)
+                count("outbox_command_unanswered", 1)
+            elif sends > 1:
+                logger.warning("command %s unanswered; resent (send %d of %d)", r["message_id"], sends, attempts)
             await conn.execute(
                 "UPDATE outbox SET sent_at = now(), attempts = attempts + 1,"
                 " next_send_at = now() + make_interval(secs => $2) WHERE message_id = $1",
@@ -286,7 +286,21 @@ class OrderStore:
     async def start_variables(self, order_id: str) -> dict[str, Any] | None:
         return await start_variables(await self.pool(), order_id)
 
-    async def relay_once(self, send: Send, command_timeout: float) -> int:
+    async def outbox_report(self, command_attempts: int = 5) -> dict[str, Any]:
+        """For /health: commands still unanswered after command_attempts sends (resent at the
+        cap meanwhile), commands being resent, messages not sent yet, the oldest open row's age."""
+        row = await (await self.pool()).fetchrow(
+            "SELECT count(*) FILTER (WHERE is_command AND attempts >= $1) AS unanswered,"
+            " count(*) FILTER (WHERE is_command AND attempts > 1) AS resending,"
+            " count(*) FILTER (WHERE attempts = 0) AS unsent,"
+            " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_seconds"
+            " FROM outbox WHERE acked_at IS NULL", command_attempts)
+        return {"commands_unanswered": row["unanswered"], "commands_resending": row["resending"],
+                "unsent": row["unsent"], "oldest_seconds": round(float(row["oldest_seconds"]), 1)}
+
+    async def relay_once(self, send: Send, command_timeout: float, command_attempts: int = 5,
+                         after_send: Callable[[], None] = lambda: None,
+                         count: Callable[[str, int], None] = lambda name, n: None) -> int:
         """Send the due outbox rows (events once; commands until acknowledged); returns how many."""
         async with (await self.pool()).acquire() as conn, conn.transaction():
             rows = await due_outbox(conn, 500)
@@ -294,5 +308,6 @@ class OrderStore:
                 return 0
             futures = [await send(BY_NAME[r["topic"]], r["key"], bytes(r["payload"])) for r in rows]
             await asyncio.gather(*futures)  # on Kafka before the rows count as sent
-            await mark_sent(conn, rows, command_timeout)
+            after_send()
+            await mark_sent(conn, rows, command_timeout, command_attempts, count)
             return len(rows)

@@ -1,0 +1,162 @@
+"""Reconciliation of orders and process instances, both ways: what a crash left behind is repaired.
+
+Every round (EDPO_RECONCILE_INTERVAL) looks at orders quiet for longer than EDPO_RECONCILE_GRACE:
+
+- an accepted, unfinished order without any process instance gets its start row back (the
+  bridge starts the instance);
+- an order whose instance waits for a message the inbox already marked correlated (or gave
+  up on) gets that row back to pending (the correlation did not take effect);
+- an instance still running for an order that is already final is ended, and of two
+  instances running for one order the later ones are ended;
+- finished inbox rows and sent outbox rows older than EDPO_RETENTION_HOURS are pruned.
+
+Each repair is idempotent; each finding is logged and counted (`/health` -> counters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import datetime, timezone
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from edpo.agents.order.bridge import START, start_row_id
+from edpo.camunda.engine import Engine
+from edpo.domain.lifecycle import CANCELLED, DELIVERED, PLACED, REJECTED
+
+logger = logging.getLogger(__name__)
+
+FINAL = [DELIVERED, CANCELLED, REJECTED]
+# At most this many quiet open orders are examined per round.
+BATCH = 200
+_START = (datetime.min.replace(tzinfo=timezone.utc), "")
+
+
+class Reconciler:
+    def __init__(self, pool: asyncpg.Pool, engine: Engine, process_key: str, *, grace: float,
+                 retention_hours: float, count: Callable[[str, int], None], wake: Callable[[], None]) -> None:
+        self.pool = pool
+        self.engine = engine
+        self.process_key = process_key
+        self.grace = grace
+        self.retention_hours = retention_hours
+        self.count = count
+        self.wake = wake
+        self._cursor = _START
+
+    async def run_once(self) -> Counter[str]:
+        """One reconciliation round; returns what it found and repaired, by kind."""
+        found: Counter[str] = Counter()
+        running: dict[str, list[str]] = {}
+        for inst in await self.engine.active_instances(self.process_key):
+            if inst.get("businessKey"):
+                running.setdefault(inst["businessKey"], []).append(inst["id"])
+        await self._close_extra_instances(running, found)
+        await self._close_instances_of_final_orders(running, found)
+        await self._repair_open_orders(running, found)
+        found["pruned_rows"] = await self._prune()
+        for kind, n in found.items():
+            if n and kind != "pruned_rows":
+                self.count(f"reconcile_{kind}", n)
+        if any(n for kind, n in found.items() if kind != "pruned_rows"):
+            logger.warning("reconciliation: %s", dict(found))
+        return found
+
+    async def _close_extra_instances(self, running: dict[str, list[str]], found: Counter[str]) -> None:
+        for order_id, ids in running.items():
+            if len(ids) < 2:
+                continue
+            history = await self.engine.history_instances(self.process_key, order_id)
+            started = {h["id"]: h.get("startTime") or "" for h in history}
+            keep, *extra = sorted(ids, key=lambda i: (started.get(i, ""), i))
+            for instance_id in extra:
+                logger.error("order %s has a second process instance %s (keeping %s): ended", order_id,
+                             instance_id, keep)
+                await self.engine.delete_instance(instance_id)
+                found["duplicate_instance"] += 1
+            running[order_id] = [keep]
+
+    async def _close_instances_of_final_orders(self, running: dict[str, list[str]], found: Counter[str]) -> None:
+        if not running:
+            return
+        rows = await self.pool.fetch(
+            "SELECT order_id, status FROM orders WHERE order_id = ANY($1) AND status = ANY($2)"
+            " AND updated_at < now() - make_interval(secs => $3)",
+            list(running), FINAL, self.grace,
+        )
+        for row in rows:
+            for instance_id in running.pop(row["order_id"]):
+                logger.error("order %s is %s but its process instance %s still runs: ended", row["order_id"],
+                             row["status"], instance_id)
+                await self.engine.delete_instance(instance_id)
+                found["instance_of_final_order"] += 1
+
+    async def _repair_open_orders(self, running: dict[str, list[str]], found: Counter[str]) -> None:
+        # A cursor walks through the quiet open orders BATCH at a time, so orders that stay open
+        # for long (waiting for stock) do not keep newer ones from being looked at.
+        rows = await self.pool.fetch(
+            "SELECT order_id, status, updated_at FROM orders WHERE status <> ALL($1) AND status <> $2"
+            " AND updated_at < now() - make_interval(secs => $3) AND (updated_at, order_id) > ($4, $5)"
+            " ORDER BY updated_at, order_id LIMIT $6",
+            FINAL, PLACED, self.grace, *self._cursor, BATCH,
+        )
+        self._cursor = (rows[-1]["updated_at"], rows[-1]["order_id"]) if len(rows) == BATCH else _START
+        for row in rows:
+            order_id = row["order_id"]
+            instances = running.get(order_id)
+            if not instances:
+                await self._restart(order_id, row["status"], found)
+                continue
+            waiting = await self.engine.waiting_messages(instances[0])
+            if waiting:
+                attempt = await self.engine.variable(instances[0], "delivery_attempt")
+                for name in waiting:
+                    await self._recorrelate(order_id, name, attempt, found)
+
+    async def _restart(self, order_id: str, status: str, found: Counter[str]) -> None:
+        if await self.engine.history_instances(self.process_key, order_id):
+            # Its instance ended but the order never heard how: nothing to restart; visible.
+            logger.error("order %s is %s but its process instance has ended", order_id, status)
+            found["ended_instance_open_order"] += 1
+            return
+        await self.pool.execute(
+            "INSERT INTO process_inbox (event_id, order_id, message_name, last_error)"
+            " VALUES ($1, $2, $3, 'reconciliation: no process instance') ON CONFLICT (event_id) DO UPDATE SET state = 'pending', attempts = 0, next_try_at = now(),"
+            " done_at = NULL, last_error = 'reconciliation: no process instance'",
+            start_row_id(order_id), order_id, START,
+        )
+        logger.error("order %s is %s without a process instance: starting one", order_id, status)
+        found["missing_instance"] += 1
+        self.wake()
+
+    async def _recorrelate(self, order_id: str, message_name: str, attempt: Any, found: Counter[str]) -> None:
+        """The instance waits for message_name: the inbox row that should have moved it is due again.
+        Delivery outcomes match only the attempt the instance is at (an earlier attempt's
+        outcome was correlated rightly and must stay done)."""
+        status = await self.pool.execute(
+            "UPDATE process_inbox SET state = 'pending', attempts = 0, next_try_at = now(), done_at = NULL,"
+            " last_error = 'reconciliation: the instance still waits for it'"
+            " WHERE event_id = (SELECT event_id FROM process_inbox WHERE order_id = $1 AND message_name = $2"
+            " AND (NOT correlation ? 'delivery_attempt' OR correlation->'delivery_attempt' = $3::jsonb)"
+            " ORDER BY received_at DESC LIMIT 1) AND state <> 'pending'",
+            order_id, message_name, json.dumps(attempt),
+        )
+        if not status.endswith(" 0"):
+            logger.error("order %s: its instance still waits for %s, which was correlated: again", order_id,
+                         message_name)
+            found["lost_correlation"] += 1
+            self.wake()
+
+    async def _prune(self) -> int:
+        hours: Any = self.retention_hours
+        async with self.pool.acquire() as conn:
+            inbox = await conn.execute(
+                "DELETE FROM process_inbox WHERE state <> 'pending' AND state <> 'dead'"
+                " AND done_at < now() - make_interval(secs => $1)", hours * 3600.0)
+            outbox = await conn.execute(
+                "DELETE FROM outbox WHERE acked_at < now() - make_interval(secs => $1)", hours * 3600.0)
+        return int(inbox.split()[-1]) + int(outbox.split()[-1])

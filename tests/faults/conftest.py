@@ -1,0 +1,374 @@
+"""Fault injection against a stack of its own: kill workers at their worst moments, kill
+servers mid-flow, scale out and in, duplicate every record, then check every order finished
+exactly once and the stock's books add up.
+
+The stack runs under `.run/faults` on its own ports (see FAULT_ENV), so `make test-faults`
+neither disturbs nor depends on the stack `make up` starts. Workers and servers are killed
+with SIGKILL, as `kill -9` would, and restarted by the harness the way an operator (or a
+supervisor) would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The fault stack's own run directory and ports; short simulated durations so a scenario
+# takes seconds. Reconciliation runs often so its repairs show within a scenario.
+FAULT_ENV = {
+    "EDPO_RUN_DIR": str(ROOT / ".run" / "faults"),
+    "EDPO_KAFKA_PORT": "19092",
+    "EDPO_KAFKA_CONTROLLER_PORT": "19093",
+    "EDPO_CAMUNDA_PORT": "18080",
+    "EDPO_PG_PORT": "56432",
+    "EDPO_ORDER_PORT": "7066",
+    "EDPO_WAREHOUSE_PORT": "7067",
+    "EDPO_FACTORY_PORT": "7068",
+    "EDPO_DELIVERY_PORT": "7069",
+    "EDPO_FACTORY_LEAD_TIME": "1",
+    "EDPO_COURIER_TIME": "0.5",
+    "EDPO_DELIVERY_RETRY_BACKOFF": "0.5",
+    "EDPO_DELIVERY_FAILURE_RATE": "0",
+    "EDPO_COMMAND_TIMEOUT": "2",
+    "EDPO_RECONCILE_INTERVAL": "5",
+    "EDPO_RECONCILE_GRACE": "15",
+    "EDPO_TASK_LOCK": "10",
+}
+os.environ.update(FAULT_ENV)  # before Settings() is built; workers inherit it
+
+from edpo.camunda import ORDER_FULFILMENT  # noqa: E402
+from edpo.camunda.engine import Engine  # noqa: E402
+from edpo.config import SERVICES, Settings  # noqa: E402
+
+FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
+UNREACHABLE = "Unreachable Road 9, Nowhere"
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def fault_stack(settings: Settings) -> Settings:
+    """The fault stack, one worker per service; stopped when the session ends."""
+    from edpo.cli import stack_down, stack_up
+
+    stack_up(settings, 1)
+    yield settings
+    if os.environ.get("EDPO_FAULTS_KEEP") != "1":
+        stack_down(settings)
+
+
+# --- killing and restarting -----------------------------------------------------------------------
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (PostgreSQL's backends die with their postmaster)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for child in children:
+        _kill_tree(int(child))
+
+
+class Stack:
+    """Blocking operations run in a thread so the traffic keeps flowing meanwhile."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+
+    def worker(self, service: str, instance: int = 1) -> Any:
+        from edpo.dev.workers import worker_process
+
+        return worker_process(self.s, service, instance)
+
+    async def start_worker(self, service: str, instance: int = 1, failpoints: str = "") -> float:
+        """Start a worker (with failpoints armed) and wait until it is ready; returns seconds taken."""
+        from edpo.dev.workers import start_worker
+
+        t0 = time.monotonic()
+        env = {"EDPO_FAILPOINTS": failpoints} if failpoints else {"EDPO_FAILPOINTS": ""}
+        await asyncio.to_thread(start_worker, self.s, service, instance, env)
+        return time.monotonic() - t0
+
+    async def stop_worker(self, service: str, instance: int = 1) -> None:
+        await asyncio.to_thread(self.worker(service, instance).stop)
+
+    def kill_worker(self, service: str, instance: int = 1) -> None:
+        pid = self.worker(service, instance).pid()
+        assert pid is not None, f"{service}-{instance} is not running"
+        _kill_tree(pid)
+
+    async def wait_dead(self, service: str, instance: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        proc = self.worker(service, instance)
+        while time.monotonic() < deadline:
+            if not proc.running():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    def server(self, name: str) -> Any:
+        from edpo.dev.servers import all_servers
+
+        return next(s for s in all_servers(self.s) if s.name == name)
+
+    def kill_server(self, name: str) -> None:
+        pid = self.server(name).proc.pid()
+        assert pid is not None, f"{name} is not running"
+        _kill_tree(pid)
+
+    async def start_server(self, name: str) -> float:
+        t0 = time.monotonic()
+        await asyncio.to_thread(self.server(name).up)
+        return time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
+def stack(fault_stack: Settings) -> Stack:
+    return Stack(fault_stack)
+
+
+# --- traffic and the checks -------------------------------------------------------------------------
+
+
+@dataclass
+class Placed:
+    order_id: str
+    path: str  # "stock", "backorder" or "unreachable"
+    items: list[dict[str, Any]]
+
+    @property
+    def expected(self) -> str:
+        return "CANCELLED" if self.path == "unreachable" else "DELIVERED"
+
+
+PATHS: list[tuple[str, list[dict[str, Any]], str]] = [
+    ("stock", [{"sku": "CABLE", "quantity": 1}, {"sku": "MOUSE", "quantity": 1}], "Main Street 1, Bern"),
+    ("backorder", [{"sku": "DOCK", "quantity": 2}], "Main Street 2, Bern"),
+    ("stock", [{"sku": "KEYBOARD", "quantity": 1}], "Main Street 3, Bern"),
+    ("unreachable", [{"sku": "LAMP", "quantity": 1}], UNREACHABLE),
+    ("backorder", [{"sku": "MONITOR", "quantity": 3}, {"sku": "HEADSET", "quantity": 1}], "Main Street 4, Bern"),
+]
+
+
+@dataclass
+class Books:
+    """Stock and production per SKU at one moment."""
+
+    on_hand: dict[str, int]
+    reserved: dict[str, int]
+    produced: dict[str, int]
+
+
+@dataclass
+class Outcome:
+    placed: list[Placed]
+    statuses: dict[str, str] = field(default_factory=dict)
+    recovery: dict[str, float] = field(default_factory=dict)
+
+
+class Traffic:
+    """Places orders of every path at a steady rate through the public API; a request that
+    fails while a server is down is retried with the same Idempotency-Key, as a client would."""
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
+        self.s = settings
+        self.http = http
+        self.orders = f"http://{settings.host}:{settings.order_port}"
+
+    async def place(self, n: int, tag: str) -> Placed:
+        path, items, address = PATHS[n % len(PATHS)]
+        body = {"customer_id": f"faults-{tag}", "delivery_address": address, "items": items}
+        key = f"{tag}-{n}-{time.time_ns()}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                async with self.http.post(f"{self.orders}/orders", json=body,
+                                          headers={"Idempotency-Key": key}) as r:
+                    text = await r.text()
+                    if r.status == 201:
+                        return Placed(json.loads(text)["order_id"], path, items)
+                    # 503 while a server is away; anything else is a failure of the API
+                    assert r.status == 503, f"POST /orders answered {r.status}: {text}"
+                    last = f"{r.status} {text}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"order {n} could not be placed for 120 s: {last}")
+            await asyncio.sleep(0.5)
+
+    async def get_json(self, url: str) -> Any:
+        async with self.http.get(url) as r:
+            assert r.status == 200, f"GET {url}: {r.status} {await r.text()}"
+            return await r.json()
+
+    async def status(self, order_id: str) -> dict[str, Any] | None:
+        try:
+            async with self.http.get(f"{self.orders}/orders/{order_id}") as r:
+                return await r.json() if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
+    async def books(self, factories: int = 1) -> Books:
+        """Stock (from the warehouse) and production (summed over every factory worker)."""
+        stock = (await self.get_json(f"http://{self.s.host}:{self.s.warehouse_port}/stock"))["stock"]
+        produced: dict[str, int] = {}
+        for n in range(1, factories + 1):
+            try:
+                reply = await self.get_json(f"http://{self.s.host}:{self.s.web_port('factory', n)}/production")
+            except aiohttp.ClientConnectionError:
+                continue  # that worker does not run (yet)
+            lines = reply["lines"]
+            for line in lines:
+                produced[line["sku"]] = produced.get(line["sku"], 0) + line["produced_total"]
+        return Books({r["sku"]: r["on_hand"] for r in stock}, {r["sku"]: r["reserved"] for r in stock}, produced)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll check until it holds; returns the seconds it took, fails after timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if await check():
+                return time.monotonic() - t0
+        except (aiohttp.ClientError, asyncio.TimeoutError, AssertionError):
+            pass
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+Fault = Callable[[], Awaitable[dict[str, float]]]
+
+
+async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: int = 25, rate: float = 5.0,
+                       fault_after: int = 6, receipts: int = 1, factories: int = 1,
+                       timeout: float = 240) -> Outcome:
+    """Place `orders` at `rate`/s, inject `fault` after `fault_after` of them (it returns its
+    recovery figures), wait until every order is final and the stock settled, then assert the
+    guarantees. Returns the outcome for the reliability table."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
+            Engine(settings.camunda_url) as engine:
+        traffic = Traffic(settings, http)
+        await until(lambda: _idle(traffic), 180, "the stock to settle before the scenario")
+        before = await traffic.books(factories)
+        placed: list[Placed] = []
+        received: dict[str, int] = {}
+        fault_task: asyncio.Task[dict[str, float]] | None = None
+        for n in range(orders):
+            if n == fault_after:
+                fault_task = asyncio.create_task(fault())
+            placed.append(await traffic.place(n, name))
+            await asyncio.sleep(1 / rate)
+        run = time.time_ns()
+        for r in range(receipts):  # a receipt, sent twice with its key: booked once
+            for _ in range(2):
+                async with http.post(f"http://{settings.host}:{settings.warehouse_port}/stock/LAMP/receipts",
+                                     json={"quantity": 3}, headers={"Idempotency-Key": f"{name}-{run}-receipt-{r}"}) as resp:
+                    assert resp.status == 202, await resp.text()
+            received["LAMP"] = received.get("LAMP", 0) + 3
+        assert fault_task is not None
+        recovery = await fault_task
+        t_fault_over = time.monotonic()
+        outcome = Outcome(placed, recovery=recovery)
+
+        async def all_final() -> bool:
+            for p in placed:
+                if outcome.statuses.get(p.order_id) in FINAL:
+                    continue
+                order = await traffic.status(p.order_id)
+                if order is None or order["status"] not in FINAL:
+                    return False
+                outcome.statuses[p.order_id] = order["status"]
+            return True
+
+        try:
+            await until(all_final, timeout, "every order to reach a final status")
+        except AssertionError:
+            stuck = {p.order_id: (await traffic.status(p.order_id) or {}).get("status") for p in placed
+                     if outcome.statuses.get(p.order_id) not in FINAL}
+            raise AssertionError(f"{name}: {len(stuck)} of {len(placed)} orders stuck: {stuck}") from None
+        outcome.recovery["drain_s"] = round(time.monotonic() - t_fault_over, 1)
+
+        wrong = {p.order_id: (p.path, outcome.statuses[p.order_id]) for p in placed
+                 if outcome.statuses[p.order_id] != p.expected}
+        assert not wrong, f"{name}: orders ended in the wrong status: {wrong}"
+
+        # Exactly once: one DELIVERED (or CANCELLED) in each history, one process instance per order.
+        for p in placed:
+            order = await traffic.status(p.order_id)
+            assert order is not None
+            finals = [h["status"] for h in order["history"] if h["status"] in FINAL]
+            assert finals == [p.expected], f"{name}: order {p.order_id} history {order['history']}"
+
+        async def one_finished_instance_each() -> bool:
+            for p in placed:
+                history = await engine.history_instances(ORDER_FULFILMENT, p.order_id)
+                if len(history) != 1 or history[0]["state"] == "ACTIVE":
+                    return False
+            return True
+
+        try:
+            await until(one_finished_instance_each, 60, "one finished process instance per order")
+        except AssertionError:
+            counts = {p.order_id: [h["state"] for h in await engine.history_instances(ORDER_FULFILMENT, p.order_id)]
+                      for p in placed}
+            bad = {k: v for k, v in counts.items() if len(v) != 1 or v[0] == "ACTIVE"}
+            raise AssertionError(f"{name}: process instances per order: {bad}") from None
+
+        # The books: nothing reserved once every order is final, and every unit accounted for.
+        await until(lambda: _idle(traffic), 90, "every reservation to be shipped or released")
+        after = await traffic.books(factories)
+        shipped: dict[str, int] = {}
+        for p in placed:
+            if outcome.statuses[p.order_id] == "DELIVERED":
+                for item in p.items:
+                    shipped[item["sku"]] = shipped.get(item["sku"], 0) + item["quantity"]
+        problems = []
+        for sku in before.on_hand:
+            produced = after.produced.get(sku, 0) - before.produced.get(sku, 0)
+            lhs = after.on_hand[sku] + shipped.get(sku, 0)
+            rhs = before.on_hand[sku] + produced + received.get(sku, 0)
+            if lhs != rhs:
+                problems.append(f"{sku}: on_hand {after.on_hand[sku]} + shipped {shipped.get(sku, 0)} != "
+                                f"initial {before.on_hand[sku]} + produced {produced} + received {received.get(sku, 0)}")
+            if not 0 <= after.reserved[sku] <= after.on_hand[sku]:
+                problems.append(f"{sku}: reserved {after.reserved[sku]} outside 0..{after.on_hand[sku]}")
+        assert not problems, f"{name}: stock books broken: {problems}"
+        _record(name, outcome)
+        return outcome
+
+
+async def _idle(traffic: Traffic) -> bool:
+    stock = (await traffic.get_json(f"http://{traffic.s.host}:{traffic.s.warehouse_port}/stock"))["stock"]
+    return all(r["reserved"] == 0 and r["waiting"] == 0 for r in stock)
+
+
+def _record(name: str, outcome: Outcome) -> None:
+    """Append the scenario's figures to .run/faults/results.tsv (docs/reliability.md is built from it)."""
+    path = ROOT / ".run" / "faults" / "results.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    delivered = sum(1 for s in outcome.statuses.values() if s == "DELIVERED")
+    cancelled = sum(1 for s in outcome.statuses.values() if s == "CANCELLED")
+    figures = " ".join(f"{k}={v}" for k, v in sorted(outcome.recovery.items()))
+    with path.open("a") as f:
+        f.write(f"{name}\t{len(outcome.placed)}\t{delivered}\t{cancelled}\t0\t0\t0\t{figures}\n")
+
+
+__all__ = ["FAULT_ENV", "SERVICES", "Stack", "run_scenario", "until"]

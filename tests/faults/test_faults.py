@@ -1,0 +1,159 @@
+"""Each scenario: a steady stream of orders of every path, one fault mid-flow, recovery left to
+the system (plus the restart an operator or supervisor would do), then the guarantees:
+every order final in the status it should have, exactly once, one process instance per
+order, nothing left reserved, every unit of stock accounted for (see conftest.run_scenario).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.faults.conftest import Stack, run_scenario
+
+# (service, failpoint, pass that kills): the pass counts from the worker's start, so it falls
+# inside the traffic (the warehouse stores 8 SKUs while it seeds at start, for example).
+CRASH_POINTS = [
+    ("warehouse", "after_store", 30),
+    ("warehouse", "before_publish", 40),
+    ("warehouse", "after_publish", 30),
+    ("warehouse", "before_complete", 6),
+    ("factory", "after_store", 2),
+    ("factory", "before_publish", 3),
+    ("factory", "after_publish", 2),
+    ("delivery", "after_store", 6),
+    ("delivery", "before_publish", 8),
+    ("delivery", "after_publish", 6),
+    ("order", "after_store", 12),
+    ("order", "before_publish", 20),
+    ("order", "after_publish", 5),
+    ("order", "after_start", 3),
+    ("order", "after_correlate", 5),
+]
+
+
+@pytest.mark.parametrize(("service", "point", "nth"), CRASH_POINTS,
+                         ids=[f"{s}.{p}" for s, p, _ in CRASH_POINTS])
+async def test_worker_killed_at_its_crash_point_loses_and_doubles_nothing(stack: Stack, service: str, point: str,
+                                                                           nth: int) -> None:
+    # Re-arm the worker with the failpoint; the traffic drives it into the point.
+    await stack.stop_worker(service)
+    await stack.start_worker(service, failpoints=f"{service}.{point}=kill@{nth}")
+
+    async def fault() -> dict[str, float]:
+        t0 = time.monotonic()
+        died = await stack.wait_dead(service, 1, timeout=90)
+        assert died, f"{service}.{point} was never reached: the scenario did not exercise the fault"
+        crashed_at = time.monotonic() - t0
+        ready = await stack.start_worker(service)
+        return {"crash_after_s": round(crashed_at, 1), "restart_ready_s": round(ready, 1)}
+
+    await run_scenario(stack.s, f"kill -9 {service} at {point}", fault, fault_after=0, orders=25)
+
+
+@pytest.mark.parametrize("server", ["camunda", "kafka", "postgres"])
+async def test_server_killed_mid_flow_loses_and_doubles_nothing(stack: Stack, server: str) -> None:
+    async def fault() -> dict[str, float]:
+        stack.kill_server(server)
+        await asyncio.sleep(3)
+        ready = await stack.start_server(server)
+        return {"server_ready_s": round(ready, 1)}
+
+    await run_scenario(stack.s, f"kill -9 {server}", fault, fault_after=8, orders=30)
+
+
+async def test_second_workers_join_and_one_leaves_mid_flow(stack: Stack) -> None:
+    async def fault() -> dict[str, float]:
+        t0 = time.monotonic()
+        await asyncio.gather(*(stack.start_worker(service, 2) for service in ("warehouse", "order", "delivery",
+                                                                                  "factory")))
+        joined = time.monotonic() - t0
+        await asyncio.sleep(5)
+        stack.kill_worker("warehouse", 1)  # the first warehouse worker leaves the hard way
+        await asyncio.sleep(2)
+        ready = await stack.start_worker("warehouse", 1)
+        return {"join_s": round(joined, 1), "rejoin_ready_s": round(ready, 1)}
+
+    try:
+        await run_scenario(stack.s, "2 workers each, one joins, one leaves", fault, fault_after=5, orders=30,
+                           factories=2)
+    finally:
+        for service in ("warehouse", "order", "delivery", "factory"):
+            await stack.stop_worker(service, 2)
+
+
+CONSUMED = ["warehouse-commands", "warehouse-events", "stock-commands", "reservation-updates", "factory-commands",
+            "factory-events", "delivery-commands", "delivery-events"]
+
+
+async def test_every_record_twice_plus_garbage_and_oversized_records(stack: Stack) -> None:
+    """A duplicator sends every record of every EDPO topic a second time; a garbage and a
+    900 kB record land on every consumed topic. Orders finish exactly once and every bad
+    record ends on the dead-letter topic, none crashes an agent."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from edpo.topics import BY_NAME, dead_letters_topic
+
+    s = stack.s
+    marker = f"faults-garbage-{time.time_ns()}"
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", max_request_size=2_000_000)
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await producer.start()
+    await consumer.start()
+    duplicated = 0
+
+    async def duplicate() -> None:
+        nonlocal duplicated
+        parts = [TopicPartition(t, p) for t in BY_NAME if t != dead_letters_topic.name
+                 for p in (consumer.partitions_for_topic(t) or set())]
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for rec in records:
+                    if any(k == "edpo-dup" for k, _ in rec.headers or ()):
+                        continue
+                    await producer.send(tp.topic, rec.value, key=rec.key, partition=tp.partition,
+                                        headers=[("edpo-dup", b"1")])
+                    duplicated += 1
+
+    async def fault() -> dict[str, float]:
+        for topic in CONSUMED:
+            await producer.send_and_wait(topic, f"not json {marker}".encode(), key=b"garbage")
+            big = ('{"type":"' + marker + '","pad":"' + "x" * 900_000 + '"}').encode()
+            await producer.send_and_wait(topic, big, key=b"oversized")
+        return {}
+
+    await consumer.topics()  # metadata for partitions_for_topic
+    dup_task = asyncio.create_task(duplicate())
+    try:
+        await run_scenario(s, "every record twice + garbage + 900 kB records", fault, fault_after=3, orders=25)
+    finally:
+        dup_task.cancel()
+    assert duplicated > 100, f"the duplicator only sent {duplicated} records twice"
+
+    # Every garbage record ended as a dead letter (the oversized ones truncated), topic by topic.
+    letters = AIOKafkaConsumer(dead_letters_topic.name, bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                               auto_offset_reset="earliest", enable_auto_commit=False)
+    await letters.start()
+    found: dict[str, int] = {}
+    try:
+        end = await letters.end_offsets(list(letters.assignment()))
+        while any(await letters.position(tp) < off for tp, off in end.items()):
+            for records in (await letters.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    text = rec.value.decode(errors="replace")
+                    if marker in text:
+                        letter = BY_NAME[dead_letters_topic.name].decode(rec.value)
+                        found[letter.topic] = found.get(letter.topic, 0) + 1
+    finally:
+        await letters.stop()
+        await consumer.stop()
+        await producer.stop()
+    missing = [t for t in CONSUMED if found.get(t, 0) < 2]
+    assert not missing, f"garbage or oversized records without a dead letter on {missing}; found {found}"
+    for service in ("order", "warehouse", "factory", "delivery"):
+        assert stack.worker(service).running(), f"{service} died on a bad record"

@@ -1,0 +1,297 @@
+"""The process bridge's crash safety on real PostgreSQL and Camunda: one start row and one process
+instance per order however many OrderAccepted and bridges there are, dead-lettering of events
+that can no longer correlate, and revival of a dead row when its event is replayed.
+
+Isolation: a database of the test's own (the running order worker's bridge works off the shared
+inbox) and a process key of the run's own (own_process.py), driven through the library objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from edpo.agents.order.bridge import MAX_PENDING, ProcessBridge, record, start_row_id
+from edpo.camunda.engine import Engine
+from edpo.config import Settings
+from edpo.models import (
+    DeadLetter,
+    DeliveryCompleted,
+    Message,
+    OrderAccepted,
+    StockReserved,
+    encode,
+    new_id,
+)
+from edpo.topics import dead_letters_topic, route
+from tests.integration.own_database import own_database
+from tests.integration.own_process import OwnProcess, own_process
+
+
+@pytest.fixture
+async def engine(servers: Settings) -> AsyncIterator[Engine]:
+    async with Engine(servers.camunda_url) as e:
+        yield e
+
+
+@pytest.fixture
+async def process(engine: Engine) -> AsyncIterator[OwnProcess]:
+    async with own_process(engine, "bridge_rel") as p:
+        yield p
+
+
+@pytest.fixture
+async def dsn(servers: Settings) -> AsyncIterator[str]:
+    async with own_database(servers, "edpo_bridge_rel") as d:
+        yield d
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def _bridge(servers: Settings, pool: asyncpg.Pool, process: OwnProcess,
+            start_variables: Callable[[str], Awaitable[Any]] | None = None) -> ProcessBridge:
+    return ProcessBridge(servers, pool, process.engine, start_variables or process.start_variables, process.deploy,
+                         process_key=process.key)
+
+
+async def _record(pool: asyncpg.Pool, msg: Message) -> bool:
+    async with pool.acquire() as conn, conn.transaction():
+        return await record(conn, msg)
+
+
+async def _until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := await check():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _row(pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
+    return await pool.fetchrow("SELECT * FROM process_inbox WHERE event_id = $1", event_id)
+
+
+async def _dead_letters(pool: asyncpg.Pool) -> list[DeadLetter]:
+    rows = await pool.fetch("SELECT topic, key, payload FROM outbox WHERE topic = $1 ORDER BY created_at",
+                            dead_letters_topic.name)
+    return [msgspec.json.decode(bytes(r["payload"]), type=DeadLetter) for r in rows]
+
+
+def _order_id() -> str:
+    return f"rel-{new_id()[:12]}"
+
+
+# --- one start row, one instance ---------------------------------------------------------------------
+
+
+async def test_two_order_accepted_with_different_ids_make_one_start_row(pool: asyncpg.Pool) -> None:
+    order_id = _order_id()
+    first = OrderAccepted(source="test", order_id=order_id)
+    second = OrderAccepted(source="test", order_id=order_id)  # a re-emitted acceptance, a new id
+    assert first.id != second.id
+    assert await _record(pool, first)
+    assert not await _record(pool, second), "the second OrderAccepted must not add a start row"
+    rows = await pool.fetch("SELECT * FROM process_inbox WHERE order_id = $1", order_id)
+    assert [r["event_id"] for r in rows] == [start_row_id(order_id)] == [f"start:{order_id}"]
+    [row] = rows
+    assert row["message_name"] == "start" and row["state"] == "pending"
+    assert json.loads(row["payload"]) == json.loads(encode(first)), "the first event's payload is kept"
+
+
+async def test_every_wanted_event_keeps_its_payload(pool: asyncpg.Pool) -> None:
+    order_id = _order_id()
+    event = DeliveryCompleted(source="test", order_id=order_id, attempt=2)
+    assert await _record(pool, event)
+    row = await _row(pool, event.id)
+    assert row["payload"] == encode(event).decode()
+    assert json.loads(row["correlation"]) == {"delivery_attempt": 2}
+
+
+async def test_two_bridges_on_one_inbox_start_one_instance_per_order(
+    servers: Settings, pool: asyncpg.Pool, dsn: str, process: OwnProcess
+) -> None:
+    orders = [_order_id() for _ in range(4)]
+    for order_id in orders:
+        assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+        assert not await _record(pool, OrderAccepted(source="test", order_id=order_id))
+
+    # Each bridge with its own pool, as two order workers would have.
+    other_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        calls: list[tuple[str, str]] = []
+        held = asyncio.Event()
+
+        def vars_of(name: str) -> Callable[[str], Awaitable[dict[str, Any]]]:
+            async def start_variables(order_id: str) -> dict[str, Any]:
+                calls.append((name, order_id))
+                if name == "a":
+                    await held.wait()  # bridge a holds its rows locked until bridge b has looked
+                return await process.start_variables(order_id)
+            return start_variables
+
+        a = _bridge(servers, pool, process, vars_of("a"))
+        b = _bridge(servers, other_pool, process, vars_of("b"))
+
+        # 1. Deterministic overlap: a has locked the rows and is starting; b finds nothing to do.
+        first = asyncio.create_task(a.work_once())
+        await _until(lambda: _true(bool(calls)), "bridge a to start working")
+        assert await b.work_once() is False
+        held.set()
+        await first
+        assert sorted(o for _, o in calls) == sorted(orders) and {n for n, _ in calls} == {"a"}, calls
+
+        # 2. Free-running: both bridges, several rounds at once, rows made due again in between
+        #    (as reconciliation would). Starting is idempotent: still one instance per order.
+        await pool.execute("UPDATE process_inbox SET state = 'pending', next_try_at = now()")
+        for _ in range(3):
+            await asyncio.gather(a.work_once(), b.work_once(), a.work_once(), b.work_once())
+            await pool.execute("UPDATE process_inbox SET state = 'pending', next_try_at = now()")
+        await asyncio.gather(a.work_once(), b.work_once())
+    finally:
+        await other_pool.close()
+
+    for order_id in orders:
+        history = await process.engine.history_instances(process.key, order_id)
+        assert len(history) == 1, (order_id, history)
+        row = await _row(pool, start_row_id(order_id))
+        assert row["state"] == "correlated", dict(row)
+        assert row["last_error"] == "an instance existed already", dict(row)
+    assert len(calls) == len(orders), f"start variables fetched for existing instances: {calls}"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_start_row_left_pending_after_the_instance_started_is_correlated_without_a_second_start(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    """A worker killed after starting the instance but before committing the row (after_start)."""
+    order_id = _order_id()
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await process.engine.start_process(process.key, order_id, await process.start_variables(order_id))
+    await _bridge(servers, pool, process).work_once()
+    row = await _row(pool, start_row_id(order_id))
+    assert (row["state"], row["last_error"]) == ("correlated", "an instance existed already")
+    assert len(await process.engine.process_instances(process.key, order_id)) == 1
+
+
+# --- dead letters and replays -------------------------------------------------------------------------
+
+
+async def test_an_event_for_an_ended_instance_is_dead_lettered_and_a_replay_revives_it(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await bridge.work_once()
+    [instance] = await process.engine.process_instances(process.key, order_id)
+    await process.engine.delete_instance(instance["id"])  # the instance has ended
+
+    late = DeliveryCompleted(source="test", order_id=order_id, attempt=1)
+    assert await _record(pool, late)
+    assert await _dead_letters(pool) == []
+    await bridge.work_once()
+
+    row = await _row(pool, late.id)
+    assert row["state"] == "dead", dict(row)
+    assert "has ended" in row["last_error"], row["last_error"]
+    assert row["done_at"] is not None
+    [letter] = await _dead_letters(pool)
+    out = await pool.fetchrow("SELECT key, is_command, acked_at FROM outbox WHERE topic = $1", dead_letters_topic.name)
+    assert out["key"] == order_id and not out["is_command"] and out["acked_at"] is None
+    assert letter.payload == encode(late).decode(), "the original event, byte for byte"
+    assert letter.topic == route(late)[0].name, "replayed to the topic it came from"
+    assert letter.key == order_id
+    assert "process bridge" in letter.reason and "has ended" in letter.reason, letter.reason
+    assert letter.source == "order" and letter.attempts == 1
+
+    # The same event arrives again (edpo dlq replay): the row is pending again, from scratch.
+    assert await _record(pool, late)
+    row = await _row(pool, late.id)
+    assert (row["state"], row["attempts"], row["done_at"], row["last_error"]) == ("pending", 0, None, None), dict(row)
+    assert await pool.fetchval("SELECT count(*) FROM process_inbox WHERE event_id = $1", late.id) == 1
+    # ... and only a dead row is revived: a pending (or correlated) one is a plain duplicate.
+    assert not await _record(pool, late)
+
+    # Worked again, it fails the same way: dead again, with a second dead letter.
+    await bridge.work_once()
+    assert (await _row(pool, late.id))["state"] == "dead"
+    assert len(await _dead_letters(pool)) == 2
+
+
+async def test_a_correlated_row_is_not_revived_by_a_duplicate(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await bridge.work_once()
+    await process.complete("reserve-stock", order_id)
+    reserved = StockReserved(source="test", order_id=order_id)
+    assert await _record(pool, reserved)
+
+    async def correlated() -> bool:
+        await bridge.work_once()
+        return (await _row(pool, reserved.id))["state"] == "correlated"
+
+    await _until(correlated, "StockReserved to correlate")
+    assert not await _record(pool, reserved)
+    assert (await _row(pool, reserved.id))["state"] == "correlated"
+    assert await _dead_letters(pool) == []
+
+
+async def test_an_event_nobody_waited_for_within_max_pending_is_dead_lettered(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    order_id = _order_id()  # no instance, ever
+    stale, fresh = StockReserved(source="test", order_id=order_id), DeliveryCompleted(
+        source="test", order_id=order_id, attempt=1)
+    assert await _record(pool, stale) and await _record(pool, fresh)
+    await pool.execute("UPDATE process_inbox SET received_at = now() - $2::interval WHERE event_id = $1",
+                       stale.id, MAX_PENDING * 2)
+    await _bridge(servers, pool, process).work_once()
+    assert (await _row(pool, fresh.id))["state"] == "pending", "a young event keeps waiting"
+    row = await _row(pool, stale.id)
+    assert row["state"] == "dead" and "no process instance waited" in row["last_error"], dict(row)
+    [letter] = await _dead_letters(pool)
+    assert letter.payload == encode(stale).decode() and letter.topic == route(stale)[0].name
+
+
+async def test_a_start_row_of_an_unknown_order_is_dead_lettered_with_the_order_accepted(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    order_id = _order_id()
+    accepted = OrderAccepted(source="test", order_id=order_id)
+    assert await _record(pool, accepted)
+
+    async def unknown(_: str) -> None:
+        return None
+
+    await _bridge(servers, pool, process, unknown).work_once()
+    row = await _row(pool, start_row_id(order_id))
+    assert row["state"] == "dead" and "no such order" in row["last_error"], dict(row)
+    assert await process.engine.history_instances(process.key, order_id) == []
+    [letter] = await _dead_letters(pool)
+    assert letter.payload == encode(accepted).decode() and letter.topic == route(accepted)[0].name
+    # Replayed once the order exists: the start row is pending again and the instance starts.
+    assert await _record(pool, accepted)
+    await _bridge(servers, pool, process).work_once()
+    assert (await _row(pool, start_row_id(order_id)))["state"] == "correlated"
+    assert len(await process.engine.process_instances(process.key, order_id)) == 1

@@ -1,0 +1,44 @@
+"""The running Camunda engine keeps its state in PostgreSQL: database `camunda` of the project's cluster.
+
+Read-only against whatever stack is running (`edpo infra up`, `edpo up`): it starts, restarts and
+writes nothing, it only looks at what the engine reports and what the database holds.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from edpo.camunda.engine import Engine
+from edpo.config import Settings
+from edpo.dev.servers import CAMUNDA_DATABASE
+
+
+async def test_the_engines_rows_are_in_the_camunda_database_of_the_projects_postgresql(settings: Settings) -> None:
+    if settings.camunda_db == "h2" or settings.camunda_db_url:
+        pytest.skip("the engine runs on another database by request (EDPO_CAMUNDA_DB / EDPO_CAMUNDA_DB_URL)")
+    conn = await asyncpg.connect(host=settings.host, port=settings.pg_port, user=CAMUNDA_DATABASE,
+                                 database=CAMUNDA_DATABASE)
+    try:
+        await conn.execute("SET default_transaction_read_only = on")
+        tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE 'act_%'")}
+        assert {"act_ru_execution", "act_re_procdef", "act_ru_job"} <= tables, "the engine's schema is in this database"
+
+        async with Engine(settings.camunda_url) as engine:
+            # Ids the running engine hands out (UUIDs) name rows of this database, not of another one.
+            cleanup_jobs = await engine.request("GET", "/history/cleanup/jobs")
+            definitions = await engine.request("GET", "/process-definition")
+        assert cleanup_jobs, "the engine schedules history cleanup"
+        job_ids = [job["id"] for job in cleanup_jobs]
+        stored_jobs = await conn.fetch("SELECT id_ FROM act_ru_job WHERE id_ = ANY($1::text[])", job_ids)
+        assert {r["id_"] for r in stored_jobs} == set(job_ids)
+
+        definition_ids = [d["id"] for d in definitions]
+        stored = await conn.fetch("SELECT id_, key_ FROM act_re_procdef WHERE id_ = ANY($1::text[])", definition_ids)
+        assert {r["id_"] for r in stored} == set(definition_ids)
+        if any(d["key"] == "order_fulfilment" for d in definitions):  # deployed once the order service ran
+            ttl = await conn.fetchval(
+                "SELECT history_ttl_ FROM act_re_procdef WHERE key_ = 'order_fulfilment' ORDER BY version_ DESC LIMIT 1")
+            assert ttl == 7, "order_fulfilment.bpmn declares camunda:historyTimeToLive P7D"
+    finally:
+        await conn.close()
