@@ -102,8 +102,8 @@ def running_stack_problems(settings: Settings) -> str | None:
             differences[proc.name] = diff
     if not differences and not unreadable:
         return None
-    lines = ["The stack already running was started with other settings than this test run's; "
-             "its workers would be reused and the suite would test something else."]
+    lines = [("The stack already running was started with other settings than this test run's; "
+              "its workers would be reused and the suite would test something else.")]
     if differences:
         lines += ["Settings that differ:", describe_differences(differences)]
     if unreadable:

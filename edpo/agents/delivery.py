@@ -18,7 +18,7 @@ import msgspec
 
 from edpo.config import Settings
 from edpo.domain.delivery import Delivery, DeliveryPolicy
-from edpo.models import FinishDelivery, Message, StartDelivery
+from edpo.models import FinishDelivery, ForgetDelivery, Message, StartDelivery
 from edpo.runtime.app import ServiceApp, error_json
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
@@ -32,8 +32,10 @@ class Courier:
     """The delivery service's handlers over its deliveries."""
 
     def __init__(self, policy: DeliveryPolicy, deliveries_by_order: Table[Delivery], publish: Publish,
-                 clock: Callable[[], float] = time.time, dice: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.time, dice: Callable[[], float] = random.random,
+                 retention: float = 300.0) -> None:
         self.policy = policy
+        self.retention = retention
         self.deliveries_by_order = deliveries_by_order
         self.publish = publish
         self.clock = clock
@@ -41,24 +43,34 @@ class Courier:
         self._ticks = TickThrottle()
 
     async def on_command(self, msg: Message) -> None:
-        """StartDelivery is acknowledged and dispatched; FinishDelivery publishes the outcome."""
-        if not isinstance(msg, (StartDelivery, FinishDelivery)):
+        """StartDelivery is acknowledged and dispatched; FinishDelivery publishes the outcome;
+        ForgetDelivery drops a delivery finished longer than the retention ago."""
+        if not isinstance(msg, (StartDelivery, FinishDelivery, ForgetDelivery)):
+            return
+        if isinstance(msg, ForgetDelivery):
+            found = self.deliveries_by_order.get(msg.order_id)
+            if found is not None and found.forgettable(self.clock(), self.retention):
+                self.deliveries_by_order.delete(msg.order_id)
             return
         delivery = self.deliveries_by_order.get(msg.order_id) or Delivery(order_id=msg.order_id)
         if isinstance(msg, StartDelivery):
             events = delivery.start(msg, self.clock(), self.policy, self.dice())
         else:
-            events = delivery.finish(msg)
+            events = delivery.finish(msg, self.clock())
         self.deliveries_by_order.set(msg.order_id, delivery)
         await self.publish(*events)
 
     async def finish_due_deliveries(self) -> None:
-        """Send FinishDelivery for every attempt whose courier time is over (local partitions)."""
+        """Send FinishDelivery for every attempt whose courier time is over, ForgetDelivery for
+        deliveries finished longer than the retention ago (local partitions; finished deliveries
+        are dropped, so the scan covers the open ones and the recently finished)."""
         now = self.clock()
         for order_id, delivery in self.deliveries_by_order.local_items():
             for attempt in delivery.due(now):
                 if self._ticks.should_send((order_id, attempt), now):
                     await self.publish(FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt))
+            if delivery.forgettable(now, self.retention) and self._ticks.should_send((order_id, "forget"), now):
+                await self.publish(ForgetDelivery(source=SOURCE, order_id=order_id))
         self._ticks.prune(now)
 
 
@@ -68,7 +80,7 @@ def create_app(settings: Settings) -> ServiceApp:
     deliveries_by_order = app.struct_table("deliveries_by_order", Delivery, help="Delivery attempts per order")
     policy = DeliveryPolicy(unreachable_pattern=settings.unreachable_pattern,
                             failure_rate=settings.delivery_failure_rate, courier_time=settings.courier_time)
-    courier = Courier(policy, deliveries_by_order, app.publisher.publish)
+    courier = Courier(policy, deliveries_by_order, app.publisher.publish, retention=settings.table_retention)
 
     app.agent_over("courier", courier.on_command, delivery_commands_topic)
     app.every(settings.tick, courier.finish_due_deliveries)

@@ -14,6 +14,7 @@ Faust, the Camunda worker and the web views.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,7 @@ from edpo.models import (
     DeliveryAccepted,
     DeliveryCompleted,
     DeliveryRejected,
+    ForgetReservation,
     GoodsPacked,
     ItemsManufactured,
     LineReserved,
@@ -55,7 +57,7 @@ from edpo.runtime.app import ServiceApp, error_json
 from edpo.runtime.commands import CommandClient, Commands
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import STARTUP
-from edpo.runtime.tables import Table
+from edpo.runtime.tables import Table, TickThrottle
 from edpo.topics import (
     delivery_events_topic,
     factory_events_topic,
@@ -74,8 +76,12 @@ class Warehouse:
     """The warehouse's handlers over its two tables."""
 
     def __init__(self, catalog: Catalog, stock_by_sku: Table[SkuStock],
-                 reservations_by_order: Table[OrderReservation], publish: Publish, commands: Commands) -> None:
+                 reservations_by_order: Table[OrderReservation], publish: Publish, commands: Commands,
+                 clock: Callable[[], float] = time.time, retention: float = 300.0) -> None:
         self.catalog = catalog
+        self.clock = clock
+        self.retention = retention
+        self._ticks = TickThrottle()
         self.stock_by_sku = stock_by_sku
         self.reservations_by_order = reservations_by_order
         self.publish = publish
@@ -87,10 +93,14 @@ class Warehouse:
     async def on_order_message(self, msg: Message) -> None:
         """Accept orders, split reservations into SKU lines, gather results, pack, release, ship."""
         if not isinstance(msg, (AcceptOrder, ReserveStock, LineReserved, PackGoods, ReleaseStock,
-                                DeliveryCompleted)):
+                                DeliveryCompleted, ForgetReservation)):
             return  # other delivery events: nothing for the warehouse to do
         order_id = msg.order_id
         current = self.reservations_by_order.get(order_id)
+        if isinstance(msg, ForgetReservation):
+            if current is not None and current.forgettable(self.clock(), self.retention):
+                self.reservations_by_order.delete(order_id)
+            return
         events: list[Message]
         match msg:
             case AcceptOrder():
@@ -116,8 +126,18 @@ class Warehouse:
             case DeliveryCompleted():
                 events = current.ship(msg)
         if current is not None:
+            current.close_if_final(self.clock())
             self.reservations_by_order.set(order_id, current)
         await self.publish(*events)
+
+    async def forget_closed_orders(self) -> None:
+        """Drop reservations shipped or released longer than the retention ago (local partitions),
+        through the order desk's own topic: tables are written by their agent only."""
+        now = self.clock()
+        for order_id, reservation in self.reservations_by_order.local_items():
+            if reservation.forgettable(now, self.retention) and self._ticks.should_send(order_id, now):
+                await self.publish(ForgetReservation(source=SOURCE, order_id=order_id))
+        self._ticks.prune(now)
 
     # --- stock keeper: keyed by SKU ----------------------------------------------------------------
 
@@ -214,7 +234,8 @@ def create_app(settings: Settings) -> ServiceApp:
                              [warehouse_events_topic, delivery_events_topic],
                              timeout=settings.command_timeout, attempts=settings.command_attempts)
     app.start_with(commands)
-    warehouse = Warehouse(catalog, stock_by_sku, reservations_by_order, app.publisher.publish, commands)
+    warehouse = Warehouse(catalog, stock_by_sku, reservations_by_order, app.publisher.publish, commands,
+                          retention=settings.table_retention)
 
     app.agent_over("order_desk", warehouse.on_order_message,
                  warehouse_commands_topic, reservation_updates_topic, delivery_events_topic)
@@ -238,6 +259,7 @@ def create_app(settings: Settings) -> ServiceApp:
                                   me=me, stocked=lambda sku: stock_by_sku.get(sku) is not None)
 
     app.task(seed_stock)
+    app.every(max(1.0, settings.table_retention / 10), warehouse.forget_closed_orders)
     app.ready_when("catalog stock seeded", stock_ready)
     app.serve_tasks({
         "reserve-stock": warehouse.reserve_stock,

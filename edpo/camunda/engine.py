@@ -137,6 +137,14 @@ class Engine:
             raise
         return found.get("value")
 
+    async def history_values(self, instance_ids: list[str], name: str) -> list[Any]:
+        """The values a variable has (or had) in the given instances, running or ended."""
+        if not instance_ids:
+            return []
+        found = await self.request("GET", "/history/variable-instance", params={
+            "processInstanceIdIn": ",".join(instance_ids), "variableName": name, "deserializeValues": "false"})
+        return [v.get("value") for v in found]
+
     async def correlate(
         self,
         message: str,

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     reconcile_grace: float = Field(
         30, ge=0, description="Seconds an order must be quiet before reconciliation repairs it"
     )
+    table_retention: float = Field(
+        300, gt=0, description="Seconds a finished order's reservation and delivery stay in the Faust tables"
+    )
     retention_hours: float = Field(
         24, gt=0, description="Hours finished inbox and sent outbox rows are kept before they are pruned"
     )

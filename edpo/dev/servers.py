@@ -266,8 +266,15 @@ class Camunda(Server):
             EDPO_CAMUNDA_CLEANUP_START=cleanup_start,
             EDPO_CAMUNDA_CLEANUP_END=cleanup_end,
         )
+        # The engine runs from its own copy: a rebuild (`make setup` after a change under
+        # infra/camunda) rewrites the built jar, and a JVM reading classes lazily from a jar that
+        # changed under it fails every request from then on.
+        self.dir.mkdir(parents=True, exist_ok=True)
+        running_jar = self.dir / "edpo-camunda.jar"
+        shutil.copyfile(self.jar, running_jar)
         self.proc.spawn(
-            [java, f"-Xmx{self.s.camunda_heap}", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=192m", "-jar", str(self.jar)],
+            [java, f"-Xmx{self.s.camunda_heap}", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=192m", "-jar",
+             str(running_jar)],
             cwd=self.dir,
             env=env,
         )

@@ -61,6 +61,8 @@ class Delivery(msgspec.Struct, kw_only=True):
 
     order_id: str
     attempts: dict[str, Attempt] = {}
+    # When the latest attempt ended (clock seconds); 0 while one is in transit or none ended.
+    finished_at: float = 0.0
 
     def start(self, cmd: StartDelivery, now: float, policy: DeliveryPolicy, roll: float) -> list[Message]:
         """Send the courier for a new attempt; a known attempt is only acknowledged again."""
@@ -81,11 +83,16 @@ class Delivery(msgspec.Struct, kw_only=True):
         )
         return [self._accepted(cmd), self._started(cmd)]
 
+    def forgettable(self, now: float, retention: float) -> bool:
+        """Every attempt ended at least retention seconds ago: the entry may be dropped."""
+        return (self.finished_at > 0 and now - self.finished_at >= retention
+                and all(a.status != "in_transit" for a in self.attempts.values()))
+
     def due(self, now: float) -> list[int]:
         """Numbers of the attempts in transit whose courier time is over."""
         return sorted(int(n) for n, a in self.attempts.items() if a.status == "in_transit" and a.due_at <= now)
 
-    def finish(self, cmd: FinishDelivery) -> list[Message]:
+    def finish(self, cmd: FinishDelivery, now: float = 0.0) -> list[Message]:
         """Report the outcome decided at the start; a repeated tick reports it again with the same
         id (its first report may have died with the worker), and receivers drop the duplicate."""
         attempt = self.attempts.get(str(cmd.attempt))
@@ -93,6 +100,8 @@ class Delivery(msgspec.Struct, kw_only=True):
             return []
         cause = msgspec.structs.replace(cmd, trace_id=attempt.trace_id) if attempt.trace_id else cmd
         once = f"{self.order_id}:{cmd.attempt}"
+        if attempt.status == "in_transit":
+            self.finished_at = now
         if attempt.failure:
             attempt.status = "failed"
             return [

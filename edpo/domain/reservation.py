@@ -88,6 +88,17 @@ class OrderReservation(msgspec.Struct, kw_only=True):
     accepted: bool = False
     delivery_address: str = ""
     reserve_requested: bool = False
+    # When the order was shipped or released (clock seconds); its entry is dropped later.
+    closed_at: float = 0.0
+
+    def close_if_final(self, now: float) -> None:
+        """Remember when the order left the warehouse (shipped or released), once."""
+        if (self.shipped or self.released) and not self.closed_at:
+            self.closed_at = now
+
+    def forgettable(self, now: float, retention: float) -> bool:
+        """Shipped or released at least retention seconds ago: the entry may be dropped."""
+        return self.closed_at > 0 and now - self.closed_at >= retention
 
     def reaccept(self, cmd: AcceptOrder) -> list[Message]:
         """Answer a (resent) AcceptOrder for a known order: it was accepted."""

@@ -60,7 +60,13 @@ class ReleaseStock(Message, frozen=True):
     order_id: str
 
 
-WarehouseCommand = Union[AcceptOrder, ReserveStock, PackGoods, ReleaseStock]
+class ForgetReservation(Message, frozen=True):
+    """Internal tick: a finished order's reservation has been kept long enough; drop it."""
+
+    order_id: str
+
+
+WarehouseCommand = Union[AcceptOrder, ReserveStock, PackGoods, ReleaseStock, ForgetReservation]
 
 
 class OrderAccepted(Message, frozen=True):
@@ -246,7 +252,13 @@ class FinishDelivery(Message, frozen=True):
     attempt: int
 
 
-DeliveryCommand = Union[StartDelivery, FinishDelivery]
+class ForgetDelivery(Message, frozen=True):
+    """Internal tick: a finished delivery has been kept long enough; drop it."""
+
+    order_id: str
+
+
+DeliveryCommand = Union[StartDelivery, FinishDelivery, ForgetDelivery]
 
 
 class DeliveryAccepted(Message, frozen=True):

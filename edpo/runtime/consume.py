@@ -64,26 +64,50 @@ async def consume(
 ) -> None:
     """Decode each record of a Faust stream's `events()` and hand it to `handle`."""
     async for event in events:
-        raw = event.value
-        topic = event.message.topic
-        spec = BY_NAME.get(topic)
-        if spec is None:
-            logger.warning("%s: record from undeclared topic %s skipped", name, topic)
-            continue
-        if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
-            await dead_letter(publish, event, "undecodable: record has no value", sleep=sleep)
-            continue
         try:
-            kind = _type_decoder.decode(raw).type
-            if kind not in spec.message_types:
-                logger.warning("%s: unknown message type %r on %s[%d]@%d skipped", name, kind, topic,
-                               event.message.partition, event.message.offset)
-                continue
-            msg = spec.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            await dead_letter(publish, event, f"undecodable: {e}", error=f"{type(e).__name__}: {e}", sleep=sleep)
-            continue
-        await _handle(event, msg, handle, name, publish, sleep)
+            await _one(event, handle, name, publish, sleep)
+        except asyncio.CancelledError:
+            _leave_uncommitted(event)
+            raise
+
+
+def _leave_uncommitted(event: Any) -> None:
+    """The worker stops while this record is still being handled (e.g. retried through an outage).
+
+    Faust acknowledges the stream's current event when its iteration is cancelled, so the
+    record's offset would be committed on shutdown and the record never handled. Marking the
+    message acknowledged already makes Faust's acknowledgment a no-op: its offset is not
+    committed, and the record is handled again after the restart.
+    """
+    message = getattr(event, "message", None)
+    if message is not None and not message.acked:
+        message.acked = True
+        logger.warning("stopping while %s[%d]@%d is in progress: left uncommitted, handled again after restart",
+                       message.topic, message.partition, message.offset)
+
+
+async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: Sleep) -> None:
+    """Decode one record and hand it to the handler (or skip or dead-letter it)."""
+    raw = event.value
+    topic = event.message.topic
+    spec = BY_NAME.get(topic)
+    if spec is None:
+        logger.warning("%s: record from undeclared topic %s skipped", name, topic)
+        return
+    if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
+        await dead_letter(publish, event, "undecodable: record has no value", sleep=sleep)
+        return
+    try:
+        kind = _type_decoder.decode(raw).type
+        if kind not in spec.message_types:
+            logger.warning("%s: unknown message type %r on %s[%d]@%d skipped", name, kind, topic,
+                           event.message.partition, event.message.offset)
+            return
+        msg = spec.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        await dead_letter(publish, event, f"undecodable: {e}", error=f"{type(e).__name__}: {e}", sleep=sleep)
+        return
+    await _handle(event, msg, handle, name, publish, sleep)
 
 
 async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish: Publish, sleep: Sleep) -> None:

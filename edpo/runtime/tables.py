@@ -19,6 +19,8 @@ class Table(Protocol[T]):
 
     def set(self, key: str, value: T) -> None: ...
 
+    def delete(self, key: str) -> None: ...
+
     def local_items(self) -> list[tuple[str, T]]: ...
 
 
@@ -46,6 +48,11 @@ class StructTable(Generic[T]):
 
     def set(self, key: str, value: T) -> None:
         self.table[key.encode()] = self._encoder.encode(value)
+        self.failpoints.hit("after_store")
+
+    def delete(self, key: str) -> None:
+        """Drop the entry (a tombstone in the changelog, so compaction forgets it too)."""
+        self.table.pop(key.encode(), None)
         self.failpoints.hit("after_store")
 
     def local_items(self) -> list[tuple[str, T]]:

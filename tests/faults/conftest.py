@@ -46,6 +46,7 @@ FAULT_ENV = {
     "EDPO_RECONCILE_INTERVAL": "5",
     "EDPO_RECONCILE_GRACE": "15",
     "EDPO_TASK_LOCK": "10",
+    "EDPO_TABLE_RETENTION": "5",  # finished orders leave the tables during the scenarios
 }
 os.environ.update(FAULT_ENV)  # before Settings() is built; workers inherit it
 

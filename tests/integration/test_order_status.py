@@ -2,9 +2,9 @@
 order backwards, write one history row per change and one OrderStatusChanged per change.
 
 The order store runs against a database of its own on the project's PostgreSQL server, migrated
-by the project's migrations: in the shared database, the running order service's outbox relay
-would send the test orders' AcceptOrder to the real warehouse and its process bridge would
-correlate the invented events with real process instances.
+by the project's migrations (see own_database: in the shared database, the running order
+service's relay would send the test orders' AcceptOrder to the real warehouse, and its bridge
+and reconciler would act on the invented events).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from edpo.agents.order.store import OrderStore
@@ -35,21 +34,18 @@ from edpo.models import (
     StockPartiallyReserved,
     StockReserved,
 )
+from tests.integration.own_database import own_database
 
 
 @pytest.fixture
 async def store(servers: Settings) -> AsyncIterator[OrderStore]:
-    name = f"edpo_status_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(host=servers.host, port=servers.pg_port, user="postgres", database="postgres")
-    await admin.execute(f'CREATE DATABASE "{name}" OWNER edpo')
-    store = OrderStore(f"postgresql://edpo@{servers.host}:{servers.pg_port}/{name}")
-    try:
-        await store.open()  # migrates, as the order service does when it starts
-        yield store
-    finally:
-        await store.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+    async with own_database(servers, "edpo_status") as dsn:
+        store = OrderStore(dsn)
+        try:
+            await store.open()  # migrates (a no-op here) and opens the pool, as the order service does
+            yield store
+        finally:
+            await store.close()
 
 
 async def _new_order(store: OrderStore) -> str:

@@ -137,7 +137,8 @@ async def test_relay_once_passes_attempts_and_the_counter_on(store: OrderStore) 
 
 
 async def test_outbox_report_counts_resent_commands_unsent_rows_and_the_oldest_unacked(store: OrderStore) -> None:
-    assert await store.outbox_report() == {"commands_unanswered": 0, "unsent": 0, "oldest_seconds": 0.0}
+    assert await store.outbox_report() == {"commands_unanswered": 0, "commands_resending": 0, "unsent": 0,
+                                           "oldest_seconds": 0.0}
 
     pool = await store.pool()
     fresh, once, resent, acked = _command("a"), _command("b"), _command("c"), _command("d")
@@ -157,7 +158,13 @@ async def test_outbox_report_counts_resent_commands_unsent_rows_and_the_oldest_u
     await pool.execute("UPDATE outbox SET attempts = 1, acked_at = now(), ack = 'sent',"
                        " created_at = now() - interval '1 day' WHERE message_id = $1", sent_event.id)
 
-    report = await store.outbox_report()
-    assert report["commands_unanswered"] == 1, report  # only the resent command
+    # Unanswered: sent command_attempts times or more (and still resent at the cap), as mark_sent
+    # reports it; resending: sent more than once. The resent command has 4 sends, the other one 1.
+    report = await store.outbox_report(4)
+    assert report["commands_unanswered"] == 1, report  # only the resent command, at the limit
+    assert report["commands_resending"] == 1, report  # only the resent command
     assert report["unsent"] == 2, report  # the fresh command and the unsent event
     assert 99.0 <= report["oldest_seconds"] <= 160.0, report
+    below = await store.outbox_report(5)
+    assert (below["commands_unanswered"], below["commands_resending"]) == (0, 1), below
+    assert (await store.outbox_report(1))["commands_unanswered"] == 2, "every sent, unacknowledged command"

@@ -243,8 +243,6 @@ async def _waits_for(process: OwnProcess, instance_id: str, message: str) -> boo
     return message in await process.engine.waiting_messages(instance_id)
 
 
-@pytest.mark.xfail(strict=True, reason="Reconciler._recorrelate ignores correlation keys: after a delivery retry "
-                                       "the previous attempt's correlated DeliveryFailed is made pending again")
 async def test_a_previous_delivery_attempts_outcome_is_not_recorrelated(
     pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, bridge: ProcessBridge
 ) -> None:
@@ -365,9 +363,6 @@ async def test_old_finished_rows_are_pruned_recent_and_open_ones_kept(
     assert (await reconciler.run_once())["pruned_rows"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="Reconciler._repair_open_orders examines the BATCH oldest quiet open orders "
-                                       "every round: while they stay open (healthy, long waits), newer ones are "
-                                       "never examined")
 async def test_healthy_long_waiting_orders_do_not_starve_the_repair_of_newer_ones(
     pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,6 +29,9 @@ class MemoryTable(Generic[T]):
     def set(self, key: str, value: T) -> None:
         self.rows[key] = copy.deepcopy(value)
 
+    def delete(self, key: str) -> None:
+        self.rows.pop(key, None)
+
     def local_items(self) -> list[tuple[str, T]]:
         return [(k, copy.deepcopy(v)) for k, v in self.rows.items()]
 

@@ -22,6 +22,7 @@ class FakeRecord:
     topic: str
     partition: int = 0
     offset: int = 0
+    acked: bool = False  # as faust's Message: an acknowledged record's offset may be committed
 
 
 @dataclass
@@ -141,10 +142,21 @@ async def test_server_outage_is_retried_until_it_passes_and_never_dead_lettered(
     assert len(recorder.handled) == 1
 
 
-def test_cancellation_is_not_swallowed(recorder: Recorder) -> None:
+def test_cancellation_is_not_swallowed_and_leaves_the_record_uncommitted(recorder: Recorder) -> None:
+    # The worker stops while the record is handled: faust acknowledges the current event when
+    # its stream is cancelled, unless the message already counts as acknowledged; so the
+    # record must be marked, or its offset would be committed and the record lost.
     recorder.failures = [asyncio.CancelledError()]
+    event = FakeEvent(_valid())
     with pytest.raises(asyncio.CancelledError):
-        asyncio.run(recorder.consume([FakeEvent(_valid())]))
+        asyncio.run(recorder.consume([event]))
+    assert event.message.acked
+
+
+async def test_a_handled_record_is_left_to_faust_to_acknowledge(recorder: Recorder) -> None:
+    event = FakeEvent(_valid())
+    await recorder.consume([event])
+    assert len(recorder.handled) == 1 and not event.message.acked
 
 
 async def test_oversized_record_is_dead_lettered_truncated_and_the_loop_goes_on(recorder: Recorder) -> None:

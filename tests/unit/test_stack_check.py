@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stack_check import describe_differences, settings_differences, settings_from_env
+from tests.stack_check import (
+    describe_differences,
+    settings_differences,
+    settings_from_env,
+)
 
 
 def test_the_same_environment_means_no_difference() -> None:

@@ -58,6 +58,18 @@ def reannounces_open_orders(events: list[Message], stock: SkuStock) -> bool:
     return all(isinstance(e, LineReserved) for e in events) and len(events) == len(holding) and lines(events) == holding
 
 
+def answers_again(events: list[Message], stock: SkuStock, reason: str) -> bool:
+    """What an input whose effect is already stored emits: the LineReserved re-announcements of the
+    open orders holding units, then exactly one StockLevelChanged repeating the current level."""
+    return (bool(events) and reannounces_open_orders(events[:-1], stock)
+            and levels(events) == [(reason, stock.on_hand, stock.reserved)]
+            and isinstance(events[-1], StockLevelChanged))
+
+
+def level_ids(events: list[Message]) -> list[str]:
+    return [e.id for e in events if isinstance(e, StockLevelChanged)]
+
+
 def test_seeding_books_the_starting_stock() -> None:
     stock = SkuStock(sku=SKU)
     events = stock.seed(SeedStock(sku=SKU, quantity=7))
@@ -66,9 +78,18 @@ def test_seeding_books_the_starting_stock() -> None:
 
 
 def test_restart_does_not_reseed() -> None:
-    stock = seeded(7)
-    assert stock.seed(SeedStock(sku=SKU, quantity=7)) == []  # no open order to tell
-    assert stock.on_hand == 7
+    stock = SkuStock(sku=SKU)
+    cmd = SeedStock(sku=SKU, quantity=7)
+    first = stock.seed(cmd)
+    before = snapshot(stock)
+    again = stock.seed(cmd)
+    assert stock == before and stock.on_hand == 7
+    # No open order to tell; the level of the first run comes again, with its id.
+    assert answers_again(again, stock, "seeded") and lines(again) == {}
+    assert level_ids(again) == level_ids(first)
+    # A restart offering the starting stock in a new message adds nothing either.
+    assert answers_again(stock.seed(SeedStock(sku=SKU, quantity=7)), stock, "seeded")
+    assert stock == before
 
 
 def test_restart_with_open_orders_reannounces_them_without_reseeding() -> None:
@@ -79,7 +100,8 @@ def test_restart_with_open_orders_reannounces_them_without_reseeding() -> None:
     before = snapshot(stock)
     events = stock.seed(SeedStock(sku=SKU, quantity=3))
     assert stock == before
-    assert lines(events) == {"o1": (2, 2), "o2": (4, 1)} and len(events) == 2
+    assert lines(events) == {"o1": (2, 2), "o2": (4, 1)} and len(events) == 3
+    assert answers_again(events, stock, "seeded") and levels(events) == [("seeded", 3, 3)]
 
 
 def test_seeding_after_orders_wait_serves_them_first() -> None:
@@ -155,9 +177,16 @@ def test_duplicate_reserve_line_reserves_nothing_twice() -> None:
 
 def test_duplicate_receipt_is_booked_once() -> None:
     stock = seeded(0)
-    stock.receive(receipt(5, "r1"))
-    assert stock.receive(receipt(5, "r1")) == []
-    assert stock.on_hand == 5
+    cmd = receipt(5, "r1")
+    first = stock.receive(cmd)
+    before = snapshot(stock)
+    again = stock.receive(cmd)
+    assert stock == before and stock.on_hand == 5
+    assert answers_again(again, stock, "received") and levels(again) == [("received", 5, 0)]
+    assert level_ids(again) == level_ids(first)
+    # Another message with the same receipt id is booked once as well.
+    assert answers_again(stock.receive(receipt(5, "r1")), stock, "received")
+    assert stock == before
 
 
 def test_duplicate_receipt_reannounces_the_orders_it_served() -> None:
@@ -168,16 +197,19 @@ def test_duplicate_receipt_reannounces_the_orders_it_served() -> None:
     again = stock.receive(receipt(5, "r1"))  # another message, same receipt id
     assert stock == before
     assert lines(again) == lines(first) == {"o1": (3, 3)}
-    assert levels(again) == []
+    assert answers_again(again, stock, "received") and levels(again) == levels(first) == [("received", 5, 3)]
     stock.check()
 
 
 def test_manufactured_batch_is_booked_once_by_production_id() -> None:
     stock = seeded(0)
     batch = ItemsManufactured(sku=SKU, production_id="p1", quantity=10)
-    stock.receive(batch)
-    assert stock.receive(batch) == []
-    assert stock.on_hand == 10
+    first = stock.receive(batch)
+    before = snapshot(stock)
+    again = stock.receive(batch)
+    assert stock == before and stock.on_hand == 10
+    assert answers_again(again, stock, "received") and levels(again) == [("received", 10, 0)]
+    assert level_ids(again) == level_ids(first)
 
 
 def test_only_the_last_thousand_receipt_ids_are_kept() -> None:
@@ -210,10 +242,16 @@ def test_releasing_a_waiting_order_takes_it_out_of_the_queue() -> None:
 def test_release_of_unknown_order_changes_nothing() -> None:
     stock = seeded(5)
     stock.reserve(reserve("o1", 2))
-    stock.release(ReleaseLine(order_id="o1", sku=SKU))
-    assert stock.release(ReleaseLine(order_id="o1", sku=SKU)) == []
+    cmd = ReleaseLine(order_id="o1", sku=SKU)
+    first = stock.release(cmd)
+    before = snapshot(stock)
+    again = stock.release(cmd)
+    assert stock == before
+    assert answers_again(again, stock, "released") and levels(again) == [("released", 5, 0)]
+    assert level_ids(again) == level_ids(first)
+    assert answers_again(stock.release(ReleaseLine(order_id="o1", sku=SKU)), stock, "released")
     assert stock.release(ReleaseLine(order_id="never", sku=SKU)) == []
-    assert stock.reserved == 0
+    assert stock == before and stock.reserved == 0
 
 
 def test_repeated_release_reannounces_the_orders_that_got_the_units() -> None:
@@ -221,12 +259,15 @@ def test_repeated_release_reannounces_the_orders_that_got_the_units() -> None:
     stock.reserve(reserve("o1", 5))
     stock.reserve(reserve("o2", 3))
     stock.reserve(reserve("o3", 1))
-    first = stock.release(ReleaseLine(order_id="o1", sku=SKU))
+    cmd = ReleaseLine(order_id="o1", sku=SKU)
+    first = stock.release(cmd)
     assert lines(first) == {"o2": (3, 3), "o3": (1, 1)}
     before = snapshot(stock)
-    again = stock.release(ReleaseLine(order_id="o1", sku=SKU))
+    again = stock.release(cmd)
     assert stock == before
-    assert lines(again) == lines(first) and levels(again) == []
+    assert lines(again) == lines(first) and answers_again(again, stock, "released")
+    assert levels(again) == levels(first) == [("released", 5, 4)]
+    assert [e.id for e in again] == [e.id for e in first], "the replay repeats the first run, id for id"
     # An order never seen here was never released here: nobody to tell.
     assert stock.release(ReleaseLine(order_id="never", sku=SKU)) == []
     stock.check()
@@ -235,11 +276,17 @@ def test_repeated_release_reannounces_the_orders_that_got_the_units() -> None:
 def test_shipping_takes_the_allocated_units_off_the_books() -> None:
     stock = seeded(10)
     stock.reserve(reserve("o1", 4))
-    events = stock.ship(ShipLine(order_id="o1", sku=SKU))
+    cmd = ShipLine(order_id="o1", sku=SKU)
+    events = stock.ship(cmd)
     assert levels(events) == [("shipped", 6, 0)]
     assert stock.requested == {} and stock.allocated == {}
-    assert stock.ship(ShipLine(order_id="o1", sku=SKU)) == []
-    assert stock.on_hand == 6
+    before = snapshot(stock)
+    again = stock.ship(cmd)
+    assert stock == before and stock.on_hand == 6
+    assert [(type(e), e.id) for e in again] == [(type(e), e.id) for e in events]
+    assert levels(stock.ship(ShipLine(order_id="o1", sku=SKU))) == [("shipped", 6, 0)]
+    assert stock.ship(ShipLine(order_id="never", sku=SKU)) == []
+    assert stock == before
 
 
 def test_shipping_a_partly_allocated_order_ships_what_it_has() -> None:
@@ -254,9 +301,11 @@ def test_replayed_reserve_after_shipping_reserves_nothing() -> None:
     stock = seeded(10)
     stock.reserve(reserve("o1", 4))
     stock.ship(ShipLine(order_id="o1", sku=SKU))
+    before = snapshot(stock)
     assert stock.reserve(reserve("o1", 4)) == []
-    assert stock.ship(ShipLine(order_id="o1", sku=SKU)) == []
-    assert (stock.on_hand, stock.reserved) == (6, 0)
+    # A replayed ShipLine only repeats the level; it takes nothing off the books again.
+    assert levels(stock.ship(ShipLine(order_id="o1", sku=SKU))) == [("shipped", 6, 0)]
+    assert stock == before and (stock.on_hand, stock.reserved) == (6, 0)
 
 
 def test_units_given_to_a_waiting_order_report_in_that_orders_trace() -> None:
@@ -331,7 +380,7 @@ def apply(stock: SkuStock, cmd: Message) -> list[Message]:
 def test_random_operations_keep_the_books_consistent(seed: int) -> None:
     """Property: any sequence of operations, duplicates and crash replays included, keeps the
     invariants and conserves units; an input whose effect is stored changes nothing and only
-    re-announces open orders' reservations."""
+    re-announces open orders' reservations and the current stock level."""
     rnd = random.Random(seed)
     initial = rnd.randint(0, 20)
     stock = seeded(initial)
@@ -362,11 +411,15 @@ def test_random_operations_keep_the_books_consistent(seed: int) -> None:
         else:
             continue  # a duplicate receipt before any receipt
         duplicate = op == "dup_receipt" or (op == "release" and order in stock.closed and order not in stock.requested)
+        shipped_before = op == "ship" and order in stock.closed and order not in stock.requested
         before = snapshot(stock)
         events = apply(stock, cmd)
         if duplicate:
             assert stock == before, f"a duplicate {op} changes nothing"
-            assert reannounces_open_orders(events, stock)
+            assert answers_again(events, stock, "received" if op == "dup_receipt" else "released")
+        if shipped_before:
+            assert stock == before, "a duplicate ship changes nothing"
+            assert levels(events) == [("shipped", stock.on_hand, stock.reserved)] and len(events) == 1
         if op == "release":
             reported.pop(order, None)
         elif op == "ship":
@@ -382,13 +435,21 @@ def test_random_operations_keep_the_books_consistent(seed: int) -> None:
             assert (events[-1].on_hand, events[-1].reserved) == (stock.on_hand, stock.reserved)
         if rnd.random() < 0.3:
             # The worker died after storing and before publishing: the same input meets its own
-            # effect. Nothing changes, and every LineReserved of the first run comes again by id.
+            # effect. Nothing changes, every LineReserved of the first run comes again by id, and
+            # so does its stock level (a replayed ReserveLine only answers its line).
             replays += 1
             stored = snapshot(stock)
             replayed = apply(stock, cmd)
             assert stock == stored, f"a replayed {op} changes nothing"
-            assert all(isinstance(e, LineReserved) for e in replayed)
             assert {e.id for e in events if isinstance(e, LineReserved)} <= {e.id for e in replayed}
             for e in replayed:
-                assert reported.get(e.order_id) == e.reserved, "a replay re-announces what was reported"
+                if isinstance(e, LineReserved):
+                    assert reported.get(e.order_id) == e.reserved, "a replay re-announces what was reported"
+            assert all(isinstance(e, LineReserved) for e in replayed[:-1])
+            if op == "reserve":
+                assert levels(replayed) == []
+            else:
+                assert level_ids(replayed) == level_ids(events), "the first run's level comes again by id"
+                assert levels(replayed) == levels(events) and len(levels(replayed)) <= 1
+                assert not replayed or isinstance(replayed[-1], StockLevelChanged)
     assert replays > 50

@@ -49,6 +49,12 @@ START = "start"  # the inbox row that starts the order's process instance
 DEAD = "dead"  # an inbox row given up on: dead-lettered with its reason
 
 
+def effect_mark(row: asyncpg.Record) -> str:
+    """The process variable a correlation sets to its event id (one per message and attempt)."""
+    attempt = json.loads(row["correlation"]).get("delivery_attempt")
+    return f"edpo_event_{row['message_name']}" + (f"_{attempt}" if attempt is not None else "")
+
+
 def start_row_id(order_id: str) -> str:
     """The one inbox row that starts an order's process instance."""
     return f"start:{order_id}"
@@ -197,9 +203,11 @@ class ProcessBridge:
         try:
             if row["message_name"] == START:
                 return await self._start(order_id)
-            await self.engine.correlate(
-                row["message_name"], order_id, json.loads(row["variables"]), json.loads(row["correlation"])
-            )
+            values = json.loads(row["variables"])
+            # The mark travels with the message, so the engine records in the same transaction
+            # that this event took effect (see _unmatched).
+            values[effect_mark(row)] = row["event_id"]
+            await self.engine.correlate(row["message_name"], order_id, values, json.loads(row["correlation"]))
             self.failpoints.hit("after_correlate")
             return "correlated", None
         except EngineError as e:
@@ -232,6 +240,11 @@ class ProcessBridge:
         """Keep waiting while the instance runs (or has not started); give up, dead-lettering the
         event with the reason, once its instance has ended or after MAX_PENDING."""
         history = await self.engine.history_instances(self.process_key, order_id)
+        marks = await self.engine.history_values([h["id"] for h in history], effect_mark(row))
+        if row["event_id"] in marks:
+            # The correlation took effect but its answer was lost (engine or worker died in
+            # between): done, not a dead letter.
+            return "correlated", "took effect before (the instance carries its mark)"
         if history and all(h["state"] != "ACTIVE" for h in history):
             return DEAD, f"{row['message_name']}: the order's process instance has ended"
         received = row["received_at"]
