@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     failpoints: str = Field(
         "", description="Crash points for fault injection, e.g. warehouse.after_store=kill@3 (edpo/runtime/failpoints.py)"
     )
+
+    @field_validator("root", "run_dir", "catalog")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        """Relative paths are taken from the directory edpo was started in, once: servers and
+        workers run in directories of their own."""
+        return path.resolve()
 
     @property
     def log_dir(self) -> Path:

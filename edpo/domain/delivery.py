@@ -92,7 +92,7 @@ class Delivery(msgspec.Struct, kw_only=True):
         """Numbers of the attempts in transit whose courier time is over."""
         return sorted(int(n) for n, a in self.attempts.items() if a.status == "in_transit" and a.due_at <= now)
 
-    def finish(self, cmd: FinishDelivery, now: float = 0.0) -> list[Message]:
+    def finish(self, cmd: FinishDelivery, now: float | None = None) -> list[Message]:
         """Report the outcome decided at the start; a repeated tick reports it again with the same
         id (its first report may have died with the worker), and receivers drop the duplicate."""
         attempt = self.attempts.get(str(cmd.attempt))
@@ -101,7 +101,9 @@ class Delivery(msgspec.Struct, kw_only=True):
         cause = msgspec.structs.replace(cmd, trace_id=attempt.trace_id) if attempt.trace_id else cmd
         once = f"{self.order_id}:{cmd.attempt}"
         if attempt.status == "in_transit":
-            self.finished_at = now
+            if now is not None and now < attempt.due_at:
+                return []  # asked early (reconciliation asking again): the courier is still on the road
+            self.finished_at = now or 0.0
         if attempt.failure:
             attempt.status = "failed"
             return [

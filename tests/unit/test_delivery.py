@@ -152,3 +152,14 @@ def test_delivery_survives_a_json_round_trip_as_table_value() -> None:
     restored = msgspec.json.decode(msgspec.json.encode(delivery), type=Delivery)
     assert restored == delivery
     assert [type(e) for e in restored.finish(finish())] == [DeliveryCompleted]
+
+
+def test_a_finish_asked_for_before_the_courier_time_is_up_finishes_nothing() -> None:
+    # Reconciliation may ask the courier again for an attempt still on the road.
+    policy = DeliveryPolicy(unreachable_pattern="unreachable", failure_rate=0.0, courier_time=3.0)
+    delivery = Delivery(order_id="o-early")
+    delivery.start(StartDelivery(order_id="o-early", attempt=1, delivery_address="Main St 1"), 100.0, policy, 0.9)
+    assert delivery.finish(FinishDelivery(order_id="o-early", attempt=1), now=102.0) == []
+    assert delivery.attempts["1"].status == "in_transit" and delivery.finished_at == 0.0
+    [done] = delivery.finish(FinishDelivery(order_id="o-early", attempt=1), now=103.0)
+    assert isinstance(done, DeliveryCompleted) and delivery.finished_at == 103.0

@@ -417,13 +417,15 @@ async def test_factory_killed_after_storing_republishes_on_redelivery() -> None:
 async def test_courier_killed_after_storing_republishes_on_redelivery() -> None:
     publish = DiesOnFirstPublish()
     table: MemoryTable[Delivery] = MemoryTable()
-    courier = Courier(POLICY, table, publish, clock=lambda: 0.0, dice=lambda: 0.5)
+    now = [0.0]
+    courier = Courier(POLICY, table, publish, clock=lambda: now[0], dice=lambda: 0.5)
     start = StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1")
     lost, _ = await crash_then_redeliver(courier.on_command, table, start, publish)
     facts = (DeliveryAccepted, DeliveryStarted)
     assert ids(publish.sent, facts) == ids(lost, facts) != []
 
     publish.lost, publish.sent = None, []
+    now[0] = 1000.0  # the courier's time is up
     lost, rows = await crash_then_redeliver(courier.on_command, table, FinishDelivery(order_id=ORDER, attempt=1),
                                             publish)
     assert ids(publish.sent, (DeliveryCompleted,)) == ids(lost, (DeliveryCompleted,)) != []

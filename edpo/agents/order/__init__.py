@@ -103,7 +103,7 @@ class OrderBackground(mode.Service):
                                               wake=self.orders.bridge_wake, failpoints=self.app.failpoints)
         reconciler = Reconciler(pool, self.app.engine, process_bridge.process_key, grace=self.settings.reconcile_grace,
                                 retention_hours=self.settings.retention_hours, count=self.app.count,
-                                wake=self.orders.bridge_wake.set)
+                                wake=self.orders.bridge_wake.set, wake_relay=self.orders.relay_wake.set)
         self.app.health_details["outbox"] = lambda: self.orders.store.outbox_report(self.settings.command_attempts)
         self.app.ready.set()
         await asyncio.gather(process_bridge.run(), self._relay(), self._reconcile(reconciler))

@@ -5,7 +5,9 @@ Every round (EDPO_RECONCILE_INTERVAL) looks at orders quiet for longer than EDPO
 - an accepted, unfinished order without any process instance gets its start row back (the
   bridge starts the instance);
 - an order whose instance waits for a message the inbox already marked correlated (or gave
-  up on) gets that row back to pending (the correlation did not take effect);
+  up on) gets that row back to pending (the correlation did not take effect); if the inbox
+  never received it, its source is asked again (ReserveStock, FinishDelivery), and re-announces
+  what it already decided (ADR 0003);
 - an instance still running for an order that is already final is ended, and of two
   instances running for one order the later ones are ended;
 - finished inbox rows and sent outbox rows older than EDPO_RETENTION_HOURS are pruned.
@@ -25,10 +27,13 @@ from typing import Any
 import asyncpg
 
 from edpo.agents.order.bridge import START, start_row_id
+from edpo.agents.order.outbox import enqueue
 from edpo.camunda.engine import Engine
 from edpo.domain.lifecycle import CANCELLED, DELIVERED, PLACED, REJECTED
+from edpo.models import FinishDelivery, Line, Message, ReserveStock
 
 logger = logging.getLogger(__name__)
+SOURCE = "order-reconciler"
 
 FINAL = [DELIVERED, CANCELLED, REJECTED]
 # At most this many quiet open orders are examined per round.
@@ -38,7 +43,8 @@ _START = (datetime.min.replace(tzinfo=timezone.utc), "")
 
 class Reconciler:
     def __init__(self, pool: asyncpg.Pool, engine: Engine, process_key: str, *, grace: float,
-                 retention_hours: float, count: Callable[[str, int], None], wake: Callable[[], None]) -> None:
+                 retention_hours: float, count: Callable[[str, int], None], wake: Callable[[], None],
+                 wake_relay: Callable[[], None] = lambda: None) -> None:
         self.pool = pool
         self.engine = engine
         self.process_key = process_key
@@ -46,6 +52,7 @@ class Reconciler:
         self.retention_hours = retention_hours
         self.count = count
         self.wake = wake
+        self.wake_relay = wake_relay
         self._cursor = _START
 
     async def run_once(self) -> Counter[str]:
@@ -114,8 +121,9 @@ class Reconciler:
             waiting = await self.engine.waiting_messages(instances[0])
             if waiting:
                 attempt = await self.engine.variable(instances[0], "delivery_attempt")
-                for name in waiting:
-                    await self._recorrelate(order_id, name, attempt, found)
+                unheard = [name for name in waiting if not await self._recorrelate(order_id, name, attempt, found)]
+                if unheard:
+                    await self._ask_again(order_id, unheard, attempt, found)
 
     async def _restart(self, order_id: str, status: str, found: Counter[str]) -> None:
         if await self.engine.history_instances(self.process_key, order_id):
@@ -133,10 +141,15 @@ class Reconciler:
         found["missing_instance"] += 1
         self.wake()
 
-    async def _recorrelate(self, order_id: str, message_name: str, attempt: Any, found: Counter[str]) -> None:
+    async def _recorrelate(self, order_id: str, message_name: str, attempt: Any, found: Counter[str]) -> bool:
         """The instance waits for message_name: the inbox row that should have moved it is due again.
         Delivery outcomes match only the attempt the instance is at (an earlier attempt's
-        outcome was correlated rightly and must stay done)."""
+        outcome was correlated rightly and must stay done). False if the inbox has no such row."""
+        row_filter = ("order_id = $1 AND message_name = $2"
+                      " AND (NOT correlation ? 'delivery_attempt' OR correlation->'delivery_attempt' = $3::jsonb)")
+        if not await self.pool.fetchval(f"SELECT EXISTS (SELECT 1 FROM process_inbox WHERE {row_filter})",
+                                        order_id, message_name, json.dumps(attempt)):
+            return False
         status = await self.pool.execute(
             "UPDATE process_inbox SET state = 'pending', attempts = 0, next_try_at = now(), done_at = NULL,"
             " last_error = 'reconciliation: the instance still waits for it'"
@@ -150,6 +163,30 @@ class Reconciler:
                          message_name)
             found["lost_correlation"] += 1
             self.wake()
+        return True
+
+    async def _ask_again(self, order_id: str, names: list[str], attempt: Any, found: Counter[str]) -> None:
+        """The instance waits for events the order service never received (lost upstream, or not
+        happened yet): ask their source, whose replay rule re-announces what it already decided
+        with the same ids (ADR 0003) and ignores what is not due yet."""
+        asks: list[Message] = []
+        trace = await self.pool.fetchval("SELECT trace_id FROM orders WHERE order_id = $1", order_id) or ""
+        if {"StockReserved", "StockPartiallyReserved"} & set(names):
+            lines = await self.pool.fetch(
+                "SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+            asks.append(ReserveStock(source=SOURCE, order_id=order_id, trace_id=trace,
+                                     lines=[Line(sku=r["sku"], quantity=r["quantity"]) for r in lines]))
+        if {"DeliveryCompleted", "DeliveryFailed"} & set(names) and isinstance(attempt, int):
+            asks.append(FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt, trace_id=trace))
+        if not asks:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            for msg in asks:
+                await enqueue(conn, msg)
+        logger.info("order %s: its instance waits for %s; asked %s again", order_id, names,
+                    [m.type for m in asks])
+        found["asked_again"] += len(asks)
+        self.wake_relay()
 
     async def _prune(self) -> int:
         hours: Any = self.retention_hours
