@@ -146,6 +146,27 @@ def stack(fault_stack: Settings) -> Stack:
     return Stack(fault_stack)
 
 
+@pytest.fixture(autouse=True)
+async def every_worker_running(stack: Stack) -> None:
+    """A scenario that failed may have left a worker dead or armed: each starts from one plain,
+    running worker per service (a failure must not cascade into the next scenarios)."""
+    for service in SERVICES:
+        proc = stack.worker(service)
+        if proc.running() and proc.pid() is not None and _armed(proc.pid()):
+            await stack.stop_worker(service)
+        if not proc.running():
+            await stack.start_worker(service)
+
+
+def _armed(pid: int) -> bool:
+    """Was the worker started with failpoints?"""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(item.startswith(b"EDPO_FAILPOINTS=") and item != b"EDPO_FAILPOINTS=" for item in env)
+
+
 # --- traffic and the checks -------------------------------------------------------------------------
 
 
@@ -260,14 +281,17 @@ Fault = Callable[[], Awaitable[dict[str, float]]]
 
 async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: int = 25, rate: float = 5.0,
                        fault_after: int = 6, receipts: int = 1, factories: int = 1,
-                       timeout: float = 240) -> Outcome:
-    """Place `orders` at `rate`/s, inject `fault` after `fault_after` of them (it returns its
+                       timeout: float = 240, arm: Callable[[], Awaitable[Any]] | None = None) -> Outcome:
+    """Wait until nothing is in flight, `arm` the fault if it needs preparing, place `orders`
+    at `rate`/s, inject `fault` after `fault_after` of them (it returns its
     recovery figures), wait until every order is final and the stock settled, then assert the
     guarantees. Returns the outcome for the reliability table."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
             Engine(settings.camunda_url) as engine:
         traffic = Traffic(settings, http)
         await until(lambda: _idle(traffic), 180, "the stock to settle before the scenario")
+        if arm is not None:  # e.g. restart a worker with a failpoint, once nothing is in flight
+            await arm()
         before = await traffic.books(factories)
         placed: list[Placed] = []
         received: dict[str, int] = {}
@@ -302,8 +326,12 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
         try:
             await until(all_final, timeout, "every order to reach a final status")
         except AssertionError:
-            stuck = {p.order_id: (await traffic.status(p.order_id) or {}).get("status") for p in placed
-                     if outcome.statuses.get(p.order_id) not in FINAL}
+            stuck = {}
+            for p in placed:
+                if outcome.statuses.get(p.order_id) in FINAL:
+                    continue
+                stuck[p.order_id] = ((await traffic.status(p.order_id) or {}).get("status"),
+                                     await _where(engine, p.order_id))
             raise AssertionError(f"{name}: {len(stuck)} of {len(placed)} orders stuck: {stuck}") from None
         outcome.recovery["drain_s"] = round(time.monotonic() - t_fault_over, 1)
 
@@ -354,6 +382,17 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
         assert not problems, f"{name}: stock books broken: {problems}"
         _record(name, outcome)
         return outcome
+
+
+async def _where(engine: Engine, order_id: str) -> list[str]:
+    """Where the order's process instances are: activities they wait in, and incidents."""
+    found = []
+    for inst in await engine.process_instances(ORDER_FULFILMENT, order_id):
+        tree = await engine.request("GET", f"/process-instance/{inst['id']}/activity-instances")
+        found += [c["activityId"] for c in tree.get("childActivityInstances", [])]
+        incidents = await engine.request("GET", "/incident", params={"processInstanceId": inst["id"]})
+        found += [f"incident: {i.get('incidentMessage')}" for i in incidents]
+    return found or ["no running instance"]
 
 
 async def _idle(traffic: Traffic) -> bool:

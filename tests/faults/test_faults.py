@@ -38,9 +38,10 @@ CRASH_POINTS = [
                          ids=[f"{s}.{p}" for s, p, _ in CRASH_POINTS])
 async def test_worker_killed_at_its_crash_point_loses_and_doubles_nothing(stack: Stack, service: str, point: str,
                                                                            nth: int) -> None:
-    # Re-arm the worker with the failpoint; the traffic drives it into the point.
-    await stack.stop_worker(service)
-    await stack.start_worker(service, failpoints=f"{service}.{point}=kill@{nth}")
+    async def arm() -> None:
+        """Restart the worker with the failpoint armed; the traffic drives it into the point."""
+        await stack.stop_worker(service)
+        await stack.start_worker(service, failpoints=f"{service}.{point}=kill@{nth}")
 
     async def fault() -> dict[str, float]:
         t0 = time.monotonic()
@@ -50,7 +51,7 @@ async def test_worker_killed_at_its_crash_point_loses_and_doubles_nothing(stack:
         ready = await stack.start_worker(service)
         return {"crash_after_s": round(crashed_at, 1), "restart_ready_s": round(ready, 1)}
 
-    await run_scenario(stack.s, f"kill -9 {service} at {point}", fault, fault_after=0, orders=25)
+    await run_scenario(stack.s, f"kill -9 {service} at {point}", fault, fault_after=0, orders=25, arm=arm)
 
 
 @pytest.mark.parametrize("server", ["camunda", "kafka", "postgres"])

@@ -18,12 +18,13 @@ import asyncpg
 import msgspec
 import pytest
 
-from edpo.agents.order.bridge import MAX_PENDING, ProcessBridge, record, start_row_id
+from edpo.agents.order.bridge import MAX_PENDING, ProcessBridge, effect_mark, record, start_row_id
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from edpo.models import (
     DeadLetter,
     DeliveryCompleted,
+    DeliveryFailed,
     Message,
     OrderAccepted,
     StockReserved,
@@ -295,3 +296,111 @@ async def test_a_start_row_of_an_unknown_order_is_dead_lettered_with_the_order_a
     await _bridge(servers, pool, process).work_once()
     assert (await _row(pool, start_row_id(order_id)))["state"] == "correlated"
     assert len(await process.engine.process_instances(process.key, order_id)) == 1
+
+
+# --- a correlation whose answer was lost: the instance carries its mark ------------------------------
+
+
+async def _correlated(bridge: ProcessBridge, pool: asyncpg.Pool, event_id: str) -> asyncpg.Record:
+    async def done() -> asyncpg.Record | None:
+        await bridge.work_once()
+        row = await _row(pool, event_id)
+        return row if row["state"] == "correlated" else None
+
+    return await _until(done, f"inbox row {event_id} to correlate")
+
+
+async def _to_delivery(bridge: ProcessBridge, pool: asyncpg.Pool, process: OwnProcess, order_id: str) -> str:
+    """Through the bridge to the outcome of delivery attempt 1; the instance's id."""
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await _correlated(bridge, pool, start_row_id(order_id))
+    [instance] = await process.engine.process_instances(process.key, order_id)
+    await process.complete("reserve-stock", order_id)
+    reserved = StockReserved(source="test", order_id=order_id)
+    assert await _record(pool, reserved)
+    await _correlated(bridge, pool, reserved.id)
+    await process.complete("pack-goods", order_id)
+    await process.complete("start-delivery", order_id, {"delivery_attempt": 1})
+
+    async def waits() -> bool:
+        return "DeliveryCompleted" in await process.engine.waiting_messages(instance["id"])
+
+    await _until(waits, "the wait for attempt 1's outcome")
+    return instance["id"]
+
+
+async def _lose_the_answer(pool: asyncpg.Pool, event_id: str) -> None:
+    """As if the worker died after the engine correlated but before the row was committed."""
+    await pool.execute("UPDATE process_inbox SET state = 'pending', next_try_at = now(), done_at = NULL,"
+                       " last_error = NULL WHERE event_id = $1", event_id)
+
+
+async def test_a_correlation_that_ended_the_instance_is_not_dead_lettered_when_its_answer_was_lost(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    instance = await _to_delivery(bridge, pool, process, order_id)
+    completed = DeliveryCompleted(source="test", order_id=order_id, attempt=1)
+    assert await _record(pool, completed)
+    row = await _correlated(bridge, pool, completed.id)
+    assert effect_mark(row) == "edpo_event_DeliveryCompleted_1"
+    # The correlation ended the instance and left its mark in the history.
+    [ended] = await process.engine.history_instances(process.key, order_id)
+    assert (ended["id"], ended["state"]) == (instance, "COMPLETED"), ended
+    assert await process.engine.history_values([instance], "edpo_event_DeliveryCompleted_1") == [completed.id]
+    attempts = row["attempts"]
+
+    await _lose_the_answer(pool, completed.id)
+    await bridge.work_once()
+
+    row = await _row(pool, completed.id)
+    assert (row["state"], row["last_error"]) == (
+        "correlated", "took effect before (the instance carries its mark)"), dict(row)
+    assert row["done_at"] is not None and row["attempts"] == attempts + 1
+    assert await _dead_letters(pool) == []
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+    # The converse: events that never took effect on the ended instance are still dead-lettered,
+    # be it another attempt's outcome (another mark) or another event of the same message and
+    # attempt (the mark names a different event).
+    other_attempt = DeliveryFailed(source="test", order_id=order_id, attempt=2, reason="nobody home")
+    stray = DeliveryCompleted(source="test", order_id=order_id, attempt=1)  # another id, same mark name
+    assert stray.id != completed.id
+    assert await _record(pool, other_attempt) and await _record(pool, stray)
+    await bridge.work_once()
+    for event in (other_attempt, stray):
+        row = await _row(pool, event.id)
+        assert row["state"] == "dead" and "has ended" in row["last_error"], dict(row)
+    assert sorted(letter.payload for letter in await _dead_letters(pool)) == sorted(
+        encode(e).decode() for e in (other_attempt, stray))
+    assert (await _row(pool, completed.id))["state"] == "correlated"
+
+
+async def test_a_correlation_whose_instance_moved_on_is_not_left_pending_when_its_answer_was_lost(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    """Without the mark the row would wait (the instance runs) until MAX_PENDING, then be
+    dead-lettered; with it, the row is done at once."""
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await _correlated(bridge, pool, start_row_id(order_id))
+    [instance] = await process.engine.process_instances(process.key, order_id)
+    await process.complete("reserve-stock", order_id)
+    reserved = StockReserved(source="test", order_id=order_id)
+    assert await _record(pool, reserved)
+    row = await _correlated(bridge, pool, reserved.id)
+    assert effect_mark(row) == "edpo_event_StockReserved"
+    assert await process.engine.variable(instance["id"], "edpo_event_StockReserved") == reserved.id
+    assert await process.engine.waiting_messages(instance["id"]) == [], "moved on to packing"
+
+    await _lose_the_answer(pool, reserved.id)
+    await bridge.work_once()
+
+    row = await _row(pool, reserved.id)
+    assert (row["state"], row["last_error"]) == (
+        "correlated", "took effect before (the instance carries its mark)"), dict(row)
+    assert await _dead_letters(pool) == []
+    [running] = await process.engine.process_instances(process.key, order_id)
+    assert running["id"] == instance["id"]

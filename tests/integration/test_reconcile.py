@@ -33,7 +33,18 @@ from edpo.domain.lifecycle import (
     SHIPPED,
     rank,
 )
-from edpo.models import DeliveryFailed, Message, OrderAccepted, StockReserved, new_id
+from edpo.models import (
+    DeliveryFailed,
+    FinishDelivery,
+    Line,
+    Message,
+    OrderAccepted,
+    ReserveStock,
+    StockPartiallyReserved,
+    StockReserved,
+    new_id,
+)
+from edpo.topics import BY_NAME, delivery_commands_topic, warehouse_commands_topic
 from tests.integration.own_database import own_database
 from tests.integration.own_process import OwnProcess, own_process
 
@@ -65,13 +76,17 @@ async def pool(servers: Settings) -> AsyncIterator[asyncpg.Pool]:
 class Calls:
     def __init__(self) -> None:
         self.counts: list[tuple[str, int]] = []
-        self.wakes = 0
+        self.wakes = 0  # the bridge woken
+        self.relay_wakes = 0  # the outbox relay woken
 
     def count(self, name: str, n: int) -> None:
         self.counts.append((name, n))
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def wake_relay(self) -> None:
+        self.relay_wakes += 1
 
 
 @pytest.fixture
@@ -82,7 +97,7 @@ def calls() -> Calls:
 @pytest.fixture
 def reconciler(pool: asyncpg.Pool, process: OwnProcess, calls: Calls) -> Reconciler:
     return Reconciler(pool, process.engine, process.key, grace=5.0, retention_hours=1.0,
-                      count=calls.count, wake=calls.wake)
+                      count=calls.count, wake=calls.wake, wake_relay=calls.wake_relay)
 
 
 @pytest.fixture
@@ -269,6 +284,170 @@ async def test_a_previous_delivery_attempts_outcome_is_not_recorrelated(
     row = await _row(pool, failed.id)
     assert row is not None
     assert (found["lost_correlation"], row["state"]) == (0, "correlated"), (dict(found), dict(row))
+
+
+# --- an instance that waits for an event the inbox never got: its source is asked again ---------------------
+
+
+async def _outbox(pool: asyncpg.Pool) -> list[tuple[asyncpg.Record, Message]]:
+    """Every outbox row with its message, decoded as the relay's receiver would (by its topic)."""
+    rows = await pool.fetch("SELECT * FROM outbox ORDER BY created_at, message_id")
+    return [(r, BY_NAME[r["topic"]].decode(bytes(r["payload"]))) for r in rows]
+
+
+async def _to_stock_wait(pool: asyncpg.Pool, process: OwnProcess, bridge: ProcessBridge, order_id: str) -> str:
+    """Start the order's instance through the bridge and reserve: it waits for the reservation result."""
+    await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await _correlate(bridge, pool, start_row_id(order_id))
+    [instance] = await _running(process, order_id)
+    await process.complete("reserve-stock", order_id)
+    await _until(lambda: _waits_for(process, instance, "StockReserved"), "the instance to wait for StockReserved")
+    return instance
+
+
+async def _to_delivery_wait(pool: asyncpg.Pool, process: OwnProcess, bridge: ProcessBridge, order_id: str,
+                            attempt: int) -> str:
+    """Walk the instance to the outcome of delivery attempt `attempt`, earlier attempts failed (correlated)."""
+    instance = await _to_stock_wait(pool, process, bridge, order_id)
+    reserved = StockReserved(source="test", order_id=order_id)
+    await _record(pool, reserved)
+    await _correlate(bridge, pool, reserved.id)
+    await process.complete("pack-goods", order_id)
+    for n in range(1, attempt):
+        await process.complete("start-delivery", order_id, {"delivery_attempt": n})
+        failed = DeliveryFailed(source="test", order_id=order_id, attempt=n, reason="nobody home")
+        await _record(pool, failed)
+        await _correlate(bridge, pool, failed.id)
+    await process.complete("start-delivery", order_id, {"delivery_attempt": attempt})
+    await _until(lambda: _waits_for(process, instance, "DeliveryCompleted"),
+                 f"the wait for attempt {attempt}'s outcome")
+    assert await process.engine.variable(instance, "delivery_attempt") == attempt
+    return instance
+
+
+async def test_an_unheard_reservation_result_is_asked_for_again_with_the_orders_lines(
+    pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, bridge: ProcessBridge, calls: Calls
+) -> None:
+    order_id = await _order(pool, ACCEPTED)
+    await pool.execute("INSERT INTO order_lines (order_id, line_no, sku, quantity) VALUES ($1, 1, 'B', 3)", order_id)
+    await pool.execute("UPDATE orders SET trace_id = 'trace-of-' || order_id WHERE order_id = $1", order_id)
+    instance = await _to_stock_wait(pool, process, bridge, order_id)
+    # The warehouse's answer never reached the inbox (lost upstream): no row for either result.
+    names = {r["message_name"] for r in await pool.fetch(
+        "SELECT message_name FROM process_inbox WHERE order_id = $1", order_id)}
+    assert names == {"start"}, names
+    assert await _outbox(pool) == []
+    wakes = calls.wakes
+
+    found = await reconciler.run_once()
+
+    assert _nonzero(found) == {"asked_again": 1}, found
+    assert calls.counts == [("reconcile_asked_again", 1)]
+    assert calls.relay_wakes == 1, "the relay is woken to send the question"
+    assert calls.wakes == wakes, "nothing new for the bridge"
+    [(row, ask)] = await _outbox(pool)
+    assert isinstance(ask, ReserveStock), ask
+    assert ask.order_id == order_id and ask.source == "order-reconciler"
+    assert ask.lines == [Line(sku="A", quantity=1), Line(sku="B", quantity=3)], ask.lines
+    assert ask.trace_id == f"trace-of-{order_id}"
+    assert (row["topic"], row["key"], row["message_id"]) == (warehouse_commands_topic.name, order_id, ask.id)
+    assert not row["is_command"], "an ask-again is sent once, not resent until answered as a command"
+    assert row["acked_at"] is None
+    # The inbox is left as it was: nothing to re-pend, no made-up rows.
+    assert await pool.fetchval("SELECT count(*) FROM process_inbox WHERE order_id = $1", order_id) == 1
+
+    # The warehouse re-announces its result; once correlated, nothing is asked any more.
+    reserved = StockReserved(source="warehouse", order_id=order_id)
+    await _record(pool, reserved)
+    await _correlate(bridge, pool, reserved.id)
+    await process.complete("pack-goods", order_id)
+    calls.counts.clear()
+    assert _nonzero(await reconciler.run_once()) == {}
+    assert calls.counts == [] and calls.relay_wakes == 1
+    assert len(await _outbox(pool)) == 1
+    assert await _running(process, order_id) == [instance]
+
+
+async def test_an_order_waiting_for_the_rest_of_its_stock_asks_again_without_recorrelating_the_partial(
+    pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, bridge: ProcessBridge, calls: Calls
+) -> None:
+    """StockPartiallyReserved took effect; the instance now waits (alone) for StockReserved."""
+    order_id = await _order(pool, ACCEPTED)
+    instance = await _to_stock_wait(pool, process, bridge, order_id)
+    partial = StockPartiallyReserved(source="test", order_id=order_id, missing=[Line(sku="A", quantity=1)])
+    await _record(pool, partial)
+    await _correlate(bridge, pool, partial.id)
+    await process.complete("request-replenishment", order_id)
+
+    async def waits_for_stock_only() -> bool:
+        return await process.engine.waiting_messages(instance) == ["StockReserved"]
+
+    await _until(waits_for_stock_only, "the wait for the rest of the stock")
+
+    found = await reconciler.run_once()
+
+    assert _nonzero(found) == {"asked_again": 1}, found
+    assert calls.relay_wakes == 1
+    [(_, ask)] = await _outbox(pool)
+    assert isinstance(ask, ReserveStock) and ask.order_id == order_id, ask
+    assert ask.lines == [Line(sku="A", quantity=1)]
+    row = await _row(pool, partial.id)
+    assert row is not None and row["state"] == "correlated", dict(row)
+
+
+async def test_an_unheard_delivery_outcome_is_asked_for_again_for_the_current_attempt(
+    pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, bridge: ProcessBridge, calls: Calls
+) -> None:
+    """Attempt 1 failed (its row correlated), attempt 2 is under way and its outcome never arrived:
+    the courier is asked to finish attempt 2, and attempt 1's row stays done."""
+    order_id = await _order(pool, SHIPPED, attempt=2)
+    await pool.execute("UPDATE orders SET trace_id = 'trace-of-' || order_id WHERE order_id = $1", order_id)
+    instance = await _to_delivery_wait(pool, process, bridge, order_id, attempt=2)
+    failed_1 = await pool.fetchrow("SELECT * FROM process_inbox WHERE order_id = $1 AND message_name = 'DeliveryFailed'",
+                                   order_id)
+    assert failed_1["state"] == "correlated"
+
+    found = await reconciler.run_once()
+
+    assert _nonzero(found) == {"asked_again": 1}, found
+    assert calls.counts == [("reconcile_asked_again", 1)]
+    assert calls.relay_wakes == 1
+    [(row, ask)] = await _outbox(pool)
+    assert isinstance(ask, FinishDelivery), ask
+    assert (ask.order_id, ask.attempt, ask.source) == (order_id, 2, "order-reconciler"), ask
+    assert ask.trace_id == f"trace-of-{order_id}"
+    assert (row["topic"], row["key"], row["is_command"]) == (delivery_commands_topic.name, order_id, False)
+    assert (await _row(pool, failed_1["event_id"]))["state"] == "correlated", "attempt 1's outcome stays done"
+    assert await _running(process, order_id) == [instance]
+
+
+@pytest.mark.parametrize("stage", ["stock", "delivery"])
+async def test_a_correlated_row_the_instance_still_waits_for_is_recorrelated_and_nothing_is_asked(
+    pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, bridge: ProcessBridge, calls: Calls,
+    stage: str
+) -> None:
+    """The inbox got the event (marked correlated, yet the instance still waits at its event-based
+    gateway): the row is made pending again; its source need not be asked, not even for the
+    gateway's other message."""
+    if stage == "stock":
+        order_id = await _order(pool, ACCEPTED)
+        await _to_stock_wait(pool, process, bridge, order_id)
+        event: Message = StockReserved(source="test", order_id=order_id)
+    else:
+        order_id = await _order(pool, SHIPPED, attempt=1)
+        await _to_delivery_wait(pool, process, bridge, order_id, attempt=1)
+        event = DeliveryFailed(source="test", order_id=order_id, attempt=1, reason="nobody home")
+    await _record(pool, event)
+    await pool.execute("UPDATE process_inbox SET state = 'correlated', done_at = now(), attempts = 1"
+                       " WHERE event_id = $1", event.id)
+
+    found = await reconciler.run_once()
+
+    row = await _row(pool, event.id)
+    assert row is not None and row["state"] == "pending", dict(row)
+    asked = [m for _, m in await _outbox(pool)]
+    assert (_nonzero(found), asked, calls.relay_wakes) == ({"lost_correlation": 1}, [], 0), (found, asked)
+    assert calls.counts == [("reconcile_lost_correlation", 1)]
 
 
 # --- instances that should not run -------------------------------------------------------------------------

@@ -121,9 +121,11 @@ class Reconciler:
             waiting = await self.engine.waiting_messages(instances[0])
             if waiting:
                 attempt = await self.engine.variable(instances[0], "delivery_attempt")
-                unheard = [name for name in waiting if not await self._recorrelate(order_id, name, attempt, found)]
-                if unheard:
-                    await self._ask_again(order_id, unheard, attempt, found)
+                # The instance waits for alternatives (StockReserved or StockPartiallyReserved;
+                # DeliveryCompleted or DeliveryFailed): the source is asked only if none arrived.
+                heard = [name for name in waiting if await self._recorrelate(order_id, name, attempt, found)]
+                if not heard:
+                    await self._ask_again(order_id, waiting, attempt, found)
 
     async def _restart(self, order_id: str, status: str, found: Counter[str]) -> None:
         if await self.engine.history_instances(self.process_key, order_id):
