@@ -125,6 +125,25 @@ class Stack:
             await asyncio.sleep(0.1)
         return False
 
+    def failpoint_fired(self, service: str, point: str, instance: int = 1) -> bool:
+        """Did the worker's last run end at the failpoint (its log's last lines say so)?"""
+        log = self.worker(service, instance).log_file.read_text(errors="replace").splitlines()[-50:]
+        return any(f"failpoint {service}.{point} reached" in line for line in log)
+
+    async def sole_owner(self, service: str) -> bool:
+        """Worker 1 of the service owns every partition of its tables (no other worker holds any)."""
+        url = f"http://{self.s.host}:{self.s.web_port(service, 1)}"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.get(f"{url}/router/") as r:
+                owners = await r.json()
+        return set(owners) <= {url}
+
+    async def ready(self, service: str, instance: int = 1) -> bool:
+        url = f"http://{self.s.host}:{self.s.web_port(service, instance)}/health"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.get(url) as r:
+                return r.status == 200
+
     def server(self, name: str) -> Any:
         from edpo.dev.servers import all_servers
 
@@ -156,6 +175,9 @@ async def every_worker_running(stack: Stack) -> None:
             await stack.stop_worker(service)
         if not proc.running():
             await stack.start_worker(service)
+    for service in SERVICES:  # a second worker stopped by the last scenario hands its partitions back
+        await until(lambda: stack.sole_owner(service), 60, f"{service}-1 to own every partition again")
+        await until(lambda: stack.ready(service), 60, f"{service}-1 to be ready (its tables recovered)")
 
 
 def _armed(pid: int) -> bool:
@@ -236,6 +258,22 @@ class Traffic:
                 raise AssertionError(f"order {n} could not be placed for 120 s: {last}")
             await asyncio.sleep(0.5)
 
+    async def receive(self, sku: str, quantity: int, key: str) -> None:
+        """Goods received, retried with the same key while the warehouse is away."""
+        url = f"http://{self.s.host}:{self.s.warehouse_port}/stock/{sku}/receipts"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                async with self.http.post(url, json={"quantity": quantity}, headers={"Idempotency-Key": key}) as r:
+                    if r.status == 202:
+                        return
+                    last = f"{r.status} {await r.text()}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"receipt {key} could not be sent for 120 s: {last}")
+            await asyncio.sleep(0.5)
+
     async def get_json(self, url: str) -> Any:
         async with self.http.get(url) as r:
             assert r.status == 200, f"GET {url}: {r.status} {await r.text()}"
@@ -295,21 +333,35 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
         before = await traffic.books(factories)
         placed: list[Placed] = []
         received: dict[str, int] = {}
-        fault_task: asyncio.Task[dict[str, float]] | None = None
-        for n in range(orders):
-            if n == fault_after:
-                fault_task = asyncio.create_task(fault())
-            placed.append(await traffic.place(n, name))
-            await asyncio.sleep(1 / rate)
-        run = time.time_ns()
-        for r in range(receipts):  # a receipt, sent twice with its key: booked once
-            for _ in range(2):
-                async with http.post(f"http://{settings.host}:{settings.warehouse_port}/stock/LAMP/receipts",
-                                     json={"quantity": 3}, headers={"Idempotency-Key": f"{name}-{run}-receipt-{r}"}) as resp:
-                    assert resp.status == 202, await resp.text()
-            received["LAMP"] = received.get("LAMP", 0) + 3
-        assert fault_task is not None
-        recovery = await fault_task
+        fault_started = asyncio.Event()
+
+        async def place_all() -> None:
+            for n in range(orders):
+                if n == fault_after:
+                    fault_started.set()
+                placed.append(await traffic.place(n, name))
+                await asyncio.sleep(1 / rate)
+            run = time.time_ns()
+            for r in range(receipts):  # a receipt, sent twice with its key: booked once
+                key = f"{name}-{run}-receipt-{r}"
+                for _ in range(2):
+                    await traffic.receive("LAMP", 3, key)
+                received["LAMP"] = received.get("LAMP", 0) + 3
+
+        async def inject() -> dict[str, float]:
+            await fault_started.wait()
+            return await fault()
+
+        # The fault and the traffic run side by side; whichever fails first is the error shown.
+        placing, injecting = asyncio.create_task(place_all()), asyncio.create_task(inject())
+        done, _pending = await asyncio.wait({placing, injecting}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                for other in (placing, injecting):
+                    other.cancel()
+                raise task.exception()  # type: ignore[misc]
+        await placing
+        recovery = await injecting
         t_fault_over = time.monotonic()
         outcome = Outcome(placed, recovery=recovery)
 

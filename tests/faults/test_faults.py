@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from edpo.dev.process import StackError
 from tests.faults.conftest import Stack, run_scenario
 
 # (service, failpoint, pass that kills): the pass counts from the worker's start, so it falls
@@ -41,7 +42,13 @@ async def test_worker_killed_at_its_crash_point_loses_and_doubles_nothing(stack:
     async def arm() -> None:
         """Restart the worker with the failpoint armed; the traffic drives it into the point."""
         await stack.stop_worker(service)
-        await stack.start_worker(service, failpoints=f"{service}.{point}=kill@{nth}")
+        try:
+            await stack.start_worker(service, failpoints=f"{service}.{point}=kill@{nth}")
+        except StackError:
+            # Work left from before the restart (a replay, a timer) reached the point while the
+            # worker started: the crash happened at the point all the same.
+            if not stack.failpoint_fired(service, point):
+                raise
 
     async def fault() -> dict[str, float]:
         t0 = time.monotonic()
@@ -108,7 +115,7 @@ async def test_every_record_twice_plus_garbage_and_oversized_records(stack: Stac
     async def duplicate() -> None:
         nonlocal duplicated
         parts = [TopicPartition(t, p) for t in BY_NAME if t != dead_letters_topic.name
-                 for p in (consumer.partitions_for_topic(t) or set())]
+                 for p in range(s.partitions)]  # every EDPO topic has EDPO_PARTITIONS partitions
         consumer.assign(parts)
         await consumer.seek_to_end(*parts)
         while True:
@@ -128,7 +135,6 @@ async def test_every_record_twice_plus_garbage_and_oversized_records(stack: Stac
             await producer.send_and_wait(topic, big, key=b"oversized")
         return {}
 
-    await consumer.topics()  # metadata for partitions_for_topic
     dup_task = asyncio.create_task(duplicate())
     try:
         await run_scenario(s, "every record twice + garbage + 900 kB records", fault, fault_after=3, orders=25)
@@ -143,7 +149,7 @@ async def test_every_record_twice_plus_garbage_and_oversized_records(stack: Stac
     found: dict[str, int] = {}
     try:
         end = await letters.end_offsets(list(letters.assignment()))
-        while any(await letters.position(tp) < off for tp, off in end.items()):
+        while [tp for tp, off in end.items() if await letters.position(tp) < off]:
             for records in (await letters.getmany(timeout_ms=500)).values():
                 for rec in records:
                     text = rec.value.decode(errors="replace")
