@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     task_batch: int = Field(20, ge=1, description="Most external tasks one fetch-and-lock request takes")
     task_lock: float = Field(
-        30, gt=0, description="Seconds an external task stays locked; renewed while its handler runs"
+        10, gt=0, description="Seconds an external task stays locked; renewed while its handler runs (a crashed worker's tasks return after it)"
     )
     tick: float = Field(
         0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
