@@ -240,38 +240,30 @@ class Traffic:
     async def place(self, n: int, tag: str) -> Placed:
         path, items, address = PATHS[n % len(PATHS)]
         body = {"customer_id": f"faults-{tag}", "delivery_address": address, "items": items}
-        key = f"{tag}-{n}-{time.time_ns()}"
+        reply = await self._post(f"{self.orders}/orders", body, f"{tag}-{n}-{time.time_ns()}", 201)
+        return Placed(reply["order_id"], path, items)
+
+    async def receive(self, sku: str, quantity: int, key: str) -> None:
+        """Goods received (a receipt with its Idempotency-Key)."""
+        await self._post(f"http://{self.s.host}:{self.s.warehouse_port}/stock/{sku}/receipts",
+                         {"quantity": quantity}, key, 202)
+
+    async def _post(self, url: str, body: Any, key: str, expected: int) -> Any:
+        """POST with an Idempotency-Key, retried with the same key while the service or its
+        database is away (connection refused, 503), as a client would; any other answer fails."""
         deadline = time.monotonic() + 120
         while True:
             try:
-                async with self.http.post(f"{self.orders}/orders", json=body,
-                                          headers={"Idempotency-Key": key}) as r:
+                async with self.http.post(url, json=body, headers={"Idempotency-Key": key}) as r:
                     text = await r.text()
-                    if r.status == 201:
-                        return Placed(json.loads(text)["order_id"], path, items)
-                    # 503 while a server is away; anything else is a failure of the API
-                    assert r.status == 503, f"POST /orders answered {r.status}: {text}"
+                    if r.status == expected:
+                        return json.loads(text)
+                    assert r.status == 503, f"POST {url} answered {r.status}: {text}"
                     last = f"{r.status} {text}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 last = repr(e)
             if time.monotonic() > deadline:
-                raise AssertionError(f"order {n} could not be placed for 120 s: {last}")
-            await asyncio.sleep(0.5)
-
-    async def receive(self, sku: str, quantity: int, key: str) -> None:
-        """Goods received, retried with the same key while the warehouse is away."""
-        url = f"http://{self.s.host}:{self.s.warehouse_port}/stock/{sku}/receipts"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                async with self.http.post(url, json={"quantity": quantity}, headers={"Idempotency-Key": key}) as r:
-                    if r.status == 202:
-                        return
-                    last = f"{r.status} {await r.text()}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                last = repr(e)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"receipt {key} could not be sent for 120 s: {last}")
+                raise AssertionError(f"POST {url} ({key}) failed for 120 s: {last}")
             await asyncio.sleep(0.5)
 
     async def get_json(self, url: str) -> Any:

@@ -16,14 +16,15 @@ TOPIC_PREFIX = "isolated-test-"
 DEPLOYMENT = "edpo-order-fulfilment-isolated-test"
 
 
-def _isolated_model() -> Path:
+def model_copy(key: str, topic_prefix: str) -> Path:
+    """The order_fulfilment model under another process key, its task topics prefixed."""
     text = SOURCE_BPMN.read_text()
     assert 'id="order_fulfilment"' in text
-    text = text.replace('id="order_fulfilment"', f'id="{KEY}"')
-    text = re.sub(r'camunda:topic="([a-z-]+)"', lambda m: f'camunda:topic="{TOPIC_PREFIX}{m.group(1)}"', text)
-    path = Path(tempfile.gettempdir()) / f"{KEY}.bpmn"
+    text = text.replace('id="order_fulfilment"', f'id="{key}"')
+    text = re.sub(r'camunda:topic="([a-z-]+)"', lambda m: f'camunda:topic="{topic_prefix}{m.group(1)}"', text)
+    path = Path(tempfile.gettempdir()) / f"{key}.bpmn"
     path.write_text(text)
     return path
 
 
-BPMN = _isolated_model()
+BPMN = model_copy(KEY, TOPIC_PREFIX)

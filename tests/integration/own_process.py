@@ -8,8 +8,6 @@ must not share a key with the running order worker, other test modules or anothe
 from __future__ import annotations
 
 import asyncio
-import re
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edpo.camunda.engine import Engine, variables
-from tests.integration.isolated_process import SOURCE_BPMN
+from tests.integration.isolated_process import model_copy
 
 
 @dataclass
@@ -59,12 +57,7 @@ async def own_process(engine: Engine, name: str) -> AsyncIterator[OwnProcess]:
     run = uuid.uuid4().hex[:8]
     key = f"order_fulfilment_{name}_{run}"
     topic_prefix = f"{name}-{run}-"
-    text = SOURCE_BPMN.read_text()
-    assert 'id="order_fulfilment"' in text
-    text = text.replace('id="order_fulfilment"', f'id="{key}"')
-    text = re.sub(r'camunda:topic="([a-z-]+)"', lambda m: f'camunda:topic="{topic_prefix}{m.group(1)}"', text)
-    path = Path(tempfile.gettempdir()) / f"{key}.bpmn"
-    path.write_text(text)
+    path = model_copy(key, topic_prefix)
     process = OwnProcess(engine, key, topic_prefix, f"edpo-test-{name}-{run}", path)
     await process.deploy()
     try:

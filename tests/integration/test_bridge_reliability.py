@@ -37,12 +37,6 @@ from tests.integration.own_process import OwnProcess, own_process
 
 
 @pytest.fixture
-async def engine(servers: Settings) -> AsyncIterator[Engine]:
-    async with Engine(servers.camunda_url) as e:
-        yield e
-
-
-@pytest.fixture
 async def process(engine: Engine) -> AsyncIterator[OwnProcess]:
     async with own_process(engine, "bridge_rel") as p:
         yield p

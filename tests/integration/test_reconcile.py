@@ -52,12 +52,6 @@ QUIET = timedelta(hours=1)
 
 
 @pytest.fixture
-async def engine(servers: Settings) -> AsyncIterator[Engine]:
-    async with Engine(servers.camunda_url) as e:
-        yield e
-
-
-@pytest.fixture
 async def process(engine: Engine) -> AsyncIterator[OwnProcess]:
     async with own_process(engine, "reconcile") as p:
         yield p
