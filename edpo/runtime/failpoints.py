@@ -11,6 +11,10 @@ and the order worker the first time it has started a process instance. Points of
 - `<service>.before_complete`: an external task's work is done, the engine is not told yet;
 - `order.after_start` / `order.after_correlate`: the engine took it, the inbox row is not updated.
 
+`=fail@n+k` makes passes n to n+k-1 raise FailpointFailure instead (a handler failure that is
+not an outage: retried, then dead-lettered), e.g. `warehouse.before_publish=fail@30+40`.
+Dead letters themselves never pass `before_publish`: they are the safety net under test.
+
 Unset (the default) every check is one dictionary lookup that finds nothing.
 """
 
@@ -30,21 +34,34 @@ class FailpointError(ValueError):
     """EDPO_FAILPOINTS does not parse."""
 
 
-def parse(spec: str, service: str) -> dict[str, int]:
-    """This service's points from "svc.point=kill[@n],..." -> {point: hit number that kills}."""
-    armed: dict[str, int] = {}
+def parse(spec: str, service: str) -> dict[str, int | range]:
+    """This service's points from "svc.point=kill[@n],svc.point=fail@n[+k],..." -> {point: the
+    pass that kills, or the passes that fail}."""
+    armed: dict[str, int | range] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, action = item.partition("=")
         svc, _, point = name.strip().partition(".")
-        verb, at, nth = action.strip().partition("@")
-        counted = not at or (nth.isascii() and nth.isdigit() and int(nth) >= 1)
-        if point not in POINTS or verb != "kill" or not counted:
-            raise FailpointError(f"bad failpoint {item!r}: expected <service>.<{'|'.join(POINTS)}>=kill[@n], n >= 1")
+        verb, at, when = action.strip().partition("@")
+        nth, plus, many = when.partition("+")
+        counted = not at or _positive(nth)
+        if point not in POINTS or verb not in ("kill", "fail") or not counted or (plus and not _positive(many)) \
+                or (verb == "kill" and plus):
+            raise FailpointError(f"bad failpoint {item!r}: expected <service>.<{'|'.join(POINTS)}>=kill[@n] or "
+                                 f"=fail[@n[+k]], n, k >= 1")
         if svc == service:
             if point in armed:
                 raise FailpointError(f"failpoint {name.strip()!r} given twice")
-            armed[point] = int(nth or 1)
+            first = int(nth or 1)
+            armed[point] = first if verb == "kill" else range(first, first + int(many or 1))
     return armed
+
+
+def _positive(text: str) -> bool:
+    return text.isascii() and text.isdigit() and int(text) >= 1
+
+
+class FailpointFailure(RuntimeError):
+    """Raised on a `fail` pass: a handler failure that is not a server outage."""
 
 
 class Failpoints:
@@ -59,11 +76,18 @@ class Failpoints:
         return point in self.armed
 
     def hit(self, point: str) -> None:
-        """Count a pass through point; kill the process on the armed pass."""
+        """Count a pass through point; kill the process on the armed pass, or raise
+        FailpointFailure on the failing ones."""
         if point not in self.armed:
             return
         self._hits[point] = n = self._hits.get(point, 0) + 1
-        if n == self.armed[point]:
+        armed = self.armed[point]
+        if isinstance(armed, range):
+            if n in armed:
+                logger.error("failpoint %s.%s failing (pass %d)", self.service, point, n)
+                raise FailpointFailure(f"failpoint {self.service}.{point} (pass {n})")
+            return
+        if n == armed:
             logger.critical("failpoint %s.%s reached (pass %d): killing this worker", self.service, point, n)
             for handler in logging.getLogger().handlers:
                 handler.flush()

@@ -99,12 +99,14 @@ class Stack:
 
         return worker_process(self.s, service, instance)
 
-    async def start_worker(self, service: str, instance: int = 1, failpoints: str = "") -> float:
-        """Start a worker (with failpoints armed) and wait until it is ready; returns seconds taken."""
+    async def start_worker(self, service: str, instance: int = 1, failpoints: str = "",
+                           env: dict[str, str] | None = None) -> float:
+        """Start a worker (with failpoints armed, other settings from env) and wait until it is
+        ready; returns seconds taken."""
         from edpo.dev.workers import start_worker
 
         t0 = time.monotonic()
-        env = {"EDPO_FAILPOINTS": failpoints} if failpoints else {"EDPO_FAILPOINTS": ""}
+        env = {**FAULT_ENV, "EDPO_FAILPOINTS": failpoints, **(env or {})}
         await asyncio.to_thread(start_worker, self.s, service, instance, env)
         return time.monotonic() - t0
 
@@ -117,10 +119,14 @@ class Stack:
         _kill_tree(pid)
 
     async def wait_dead(self, service: str, instance: int, timeout: float) -> bool:
+        """Wait until the worker is gone and its web port is free again."""
+        from edpo.dev.process import port_open
+
         deadline = time.monotonic() + timeout
         proc = self.worker(service, instance)
+        port = self.s.web_port(service, instance)
         while time.monotonic() < deadline:
-            if not proc.running():
+            if not proc.running() and not port_open(self.s.host, port):
                 return True
             await asyncio.sleep(0.1)
         return False
@@ -181,12 +187,15 @@ async def every_worker_running(stack: Stack) -> None:
 
 
 def _armed(pid: int) -> bool:
-    """Was the worker started with failpoints?"""
+    """Was the worker started with failpoints, or with settings other than the fault stack's?"""
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(item.startswith(b"EDPO_FAILPOINTS=") and item != b"EDPO_FAILPOINTS=" for item in env)
+    if any(item.startswith(b"EDPO_FAILPOINTS=") and item != b"EDPO_FAILPOINTS=" for item in env):
+        return True
+    started = dict(item.decode(errors="replace").partition("=")[::2] for item in env if item)
+    return any(started.get(k) != v for k, v in FAULT_ENV.items())  # started with other settings
 
 
 # --- traffic and the checks -------------------------------------------------------------------------

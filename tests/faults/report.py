@@ -31,7 +31,8 @@ def _recovery(figures: str) -> str:
     labels = {"crash_after_s": "crashed {}s in", "restart_ready_s": "worker ready {}s after restart",
               "server_ready_s": "server ready {}s after restart", "join_s": "2nd workers ready in {}s",
               "rejoin_ready_s": "killed worker ready {}s after restart",
-              "drain_s": "all orders final {}s after recovery"}
+              "drain_s": "all orders final {}s after recovery", "dead_letters": "{} dead letters",
+              "replay_s": "replayed in {}s"}
     return "; ".join(labels[k].format(v) for k, v in values.items() if k in labels)
 
 

@@ -7,12 +7,15 @@ order, nothing left reserved, every unit of stock accounted for (see conftest.ru
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from typing import Any
 
 import pytest
 
 from edpo.dev.process import StackError
-from tests.faults.conftest import Stack, run_scenario
+from tests.faults.conftest import Stack, run_scenario, until
 
 # (service, failpoint, pass that kills): the pass counts from the worker's start, so it falls
 # inside the traffic (the warehouse stores 8 SKUs while it seeds at start, for example).
@@ -164,3 +167,52 @@ async def test_every_record_twice_plus_garbage_and_oversized_records(stack: Stac
     assert not missing, f"garbage or oversized records without a dead letter on {missing}; found {found}"
     for service in ("order", "warehouse", "factory", "delivery"):
         assert stack.worker(service).running(), f"{service} died on a bad record"
+
+
+async def test_dead_letters_replayed_with_edpo_dlq_complete_their_orders(stack: Stack) -> None:
+    """The warehouse's handlers fail (not an outage) right after storing their state, again and
+    again: their records are retried, then dead-lettered, and the orders behind them stop.
+    `edpo dlq replay` sends the records back once the failure is over; each finds its effect
+    stored and re-emits what it should have sent (ADR 0003), and every order completes.
+    Reconciliation, which would repair the orders by itself, is switched off meanwhile."""
+    from edpo.dev.dlq import entries, read_values
+
+    s = stack.s
+    scenario_start = time.time()
+
+    async def arm() -> None:
+        await stack.stop_worker("order")
+        await stack.start_worker("order", env={"EDPO_RECONCILE_INTERVAL": "3600"})
+        await stack.stop_worker("warehouse")
+        await stack.start_worker("warehouse", failpoints="warehouse.after_store=fail@30+40")
+
+    async def ours() -> list[Any]:
+        found, _ = entries(await read_values(s.kafka_bootstrap))
+        return [e for e in found if e.letter.source == "edpo" and e.letter.time.timestamp() >= scenario_start
+                and e.letter.topic in CONSUMED and "FailpointFailure" in e.letter.error]
+
+    async def fault() -> dict[str, float]:
+        seen: list[int] = []
+
+        async def settled() -> bool:  # the failing window is over: no new dead letters for a while
+            seen.append(len(await ours()))
+            return len(seen) > 12 and seen[-1] > 0 and seen[-1] == seen[-13]
+
+        await until(settled, 120, "the warehouse's dead letters to stop growing")
+        letters = await ours()
+        t0 = time.monotonic()
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "edpo.cli", "dlq", "replay", *(e.letter.id for e in letters)],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count("replayed") >= len(letters), done.stdout
+        return {"dead_letters": len(letters), "replay_s": round(time.monotonic() - t0, 1)}
+
+    try:
+        outcome = await run_scenario(s, "handlers failing after store, dead letters replayed", fault, arm=arm,
+                                     fault_after=0, orders=25)
+    finally:
+        await stack.stop_worker("order")
+        await stack.start_worker("order")
+    assert outcome.recovery["dead_letters"] >= 3
+    assert all(e.replayed for e in await ours()), "a dead letter of the scenario was not replayed"

@@ -164,3 +164,24 @@ def test_the_same_point_of_two_services_is_not_given_twice() -> None:
     spec = "order.after_store=kill@2,warehouse.after_store=kill@5"
     assert parse(spec, "order") == {"after_store": 2}
     assert parse(spec, "warehouse") == {"after_store": 5}
+
+
+def test_fail_raises_on_its_window_of_passes_only() -> None:
+    from edpo.runtime.failpoints import FailpointFailure
+
+    points = Failpoints("warehouse.before_publish=fail@2+3", "warehouse")
+    outcomes = []
+    for _ in range(6):
+        try:
+            points.hit("before_publish")
+            outcomes.append("ok")
+        except FailpointFailure:
+            outcomes.append("fail")
+    assert outcomes == ["ok", "fail", "fail", "fail", "ok", "ok"]
+    assert parse("warehouse.before_publish=fail", "warehouse") == {"before_publish": range(1, 2)}
+
+
+@pytest.mark.parametrize("bad", ["order.after_start=kill@2+3", "order.after_start=fail@2+", "order.after_start=fail@2+0"])
+def test_a_kill_has_no_window_and_a_window_is_positive(bad: str) -> None:
+    with pytest.raises(FailpointError, match=r"=fail\[@n\[\+k\]\]"):
+        parse(bad, "order")
