@@ -112,6 +112,7 @@ class Stack:
 
     async def stop_worker(self, service: str, instance: int = 1) -> None:
         await asyncio.to_thread(self.worker(service, instance).stop)
+        assert await self.wait_dead(service, instance, timeout=20), f"{service}-{instance} still holds its port"
 
     def kill_worker(self, service: str, instance: int = 1) -> None:
         pid = self.worker(service, instance).pid()
