@@ -50,6 +50,7 @@ class Courier:
         if isinstance(msg, ForgetDelivery):
             found = self.deliveries_by_order.get(msg.order_id)
             if found is not None and found.forgettable(self.clock(), self.retention):
+                await self.publish(*found.last_words(msg), wait=True)  # on Kafka before the entry goes
                 self.deliveries_by_order.delete(msg.order_id)
             return
         delivery = self.deliveries_by_order.get(msg.order_id) or Delivery(order_id=msg.order_id)

@@ -20,7 +20,12 @@ from camunda.external_task.external_task import ExternalTask, TaskResult
 from edpo.camunda.worker import task_lines, task_trace
 from edpo.config import Settings
 from edpo.domain.factory import ProductionLine, ProductionPlan
-from edpo.models import CompleteProduction, ManufactureItems, Message, ProductionRequested
+from edpo.models import (
+    CompleteProduction,
+    ManufactureItems,
+    Message,
+    ProductionRequested,
+)
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.commands import CommandClient, Commands
 from edpo.runtime.publish import Publish

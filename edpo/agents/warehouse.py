@@ -99,6 +99,9 @@ class Warehouse:
         current = self.reservations_by_order.get(order_id)
         if isinstance(msg, ForgetReservation):
             if current is not None and current.forgettable(self.clock(), self.retention):
+                # Its last words go out (and are on Kafka) before the entry goes: if the worker
+                # dies in between, the replayed tick says them again and then drops it.
+                await self.publish(*current.last_words(msg), wait=True)
                 self.reservations_by_order.delete(order_id)
             return
         events: list[Message]

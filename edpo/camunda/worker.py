@@ -29,12 +29,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mode
+
 from camunda.client.async_external_task_client import AsyncExternalTaskClient
 from camunda.external_task.async_external_task_executor import AsyncExternalTaskExecutor
 from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
 from camunda.external_task.external_task import ExternalTask, TaskResult
 from camunda.variables.variables import Variables
-
 from edpo.camunda.engine import Engine
 from edpo.models import Line
 

@@ -88,6 +88,19 @@ class Delivery(msgspec.Struct, kw_only=True):
         return (self.finished_at > 0 and now - self.finished_at >= retention
                 and all(a.status != "in_transit" for a in self.attempts.values()))
 
+    def last_words(self, cause: Message) -> list[Message]:
+        """Every finished attempt's outcome once more before the entry is dropped (same ids as
+        the first time; receivers drop what they have)."""
+        words: list[Message] = []
+        for n, attempt in sorted(self.attempts.items(), key=lambda item: int(item[0])):
+            if attempt.status == "delivered":
+                words.append(caused_by(cause, DeliveryCompleted, source=SOURCE, once_per=f"{self.order_id}:{n}",
+                                       order_id=self.order_id, attempt=int(n)))
+            elif attempt.status == "failed":
+                words.append(caused_by(cause, DeliveryFailed, source=SOURCE, once_per=f"{self.order_id}:{n}",
+                                       order_id=self.order_id, attempt=int(n), reason=attempt.failure))
+        return words
+
     def due(self, now: float) -> list[int]:
         """Numbers of the attempts in transit whose courier time is over."""
         return sorted(int(n) for n, a in self.attempts.items() if a.status == "in_transit" and a.due_at <= now)

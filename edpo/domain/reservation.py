@@ -27,8 +27,8 @@ from edpo.models import (
     PackGoods,
     PackingRejected,
     ReleaseLine,
-    ReservationAccepted,
     ReleaseStock,
+    ReservationAccepted,
     ReserveLine,
     ReserveStock,
     ShipLine,
@@ -99,6 +99,19 @@ class OrderReservation(msgspec.Struct, kw_only=True):
     def forgettable(self, now: float, retention: float) -> bool:
         """Shipped or released at least retention seconds ago: the entry may be dropped."""
         return self.closed_at > 0 and now - self.closed_at >= retention
+
+    def last_words(self, cause: Message) -> list[Message]:
+        """What the order's end sent to the SKUs, once more before the entry is dropped: a record
+        that never got its messages out (and is replayed later, when the entry is gone) must
+        not leave units reserved. Same ids as the first time; the SKUs act on them once."""
+        if self.shipped:
+            return [*(caused_by(cause, ShipLine, source=SOURCE, once_per=f"{self.order_id}:{sku}",
+                                order_id=self.order_id, sku=sku) for sku in self.lines),
+                    caused_by(cause, GoodsShipped, source=SOURCE, once_per=self.order_id, order_id=self.order_id)]
+        if self.released:
+            return [caused_by(cause, ReleaseLine, source=SOURCE, once_per=f"{self.order_id}:{sku}",
+                              order_id=self.order_id, sku=sku) for sku in self.lines]
+        return []
 
     def reaccept(self, cmd: AcceptOrder) -> list[Message]:
         """Answer a (resent) AcceptOrder for a known order: it was accepted."""

@@ -183,8 +183,8 @@ async def every_worker_running(stack: Stack) -> None:
         if not proc.running():
             await stack.start_worker(service)
     for service in SERVICES:  # a second worker stopped by the last scenario hands its partitions back
-        await until(lambda: stack.sole_owner(service), 60, f"{service}-1 to own every partition again")
-        await until(lambda: stack.ready(service), 60, f"{service}-1 to be ready (its tables recovered)")
+        await until(lambda s=service: stack.sole_owner(s), 60, f"{service}-1 to own every partition again")
+        await until(lambda s=service: stack.ready(s), 60, f"{service}-1 to be ready (its tables recovered)")
 
 
 def _armed(pid: int) -> bool:
@@ -270,7 +270,7 @@ class Traffic:
                         return json.loads(text)
                     assert r.status == 503, f"POST {url} answered {r.status}: {text}"
                     last = f"{r.status} {text}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 last = repr(e)
             if time.monotonic() > deadline:
                 raise AssertionError(f"POST {url} ({key}) failed for 120 s: {last}")
@@ -285,7 +285,7 @@ class Traffic:
         try:
             async with self.http.get(f"{self.orders}/orders/{order_id}") as r:
                 return await r.json() if r.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return None
 
     async def books(self, factories: int = 1) -> Books:
@@ -310,7 +310,7 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
         try:
             if await check():
                 return time.monotonic() - t0
-        except (aiohttp.ClientError, asyncio.TimeoutError, AssertionError):
+        except (TimeoutError, aiohttp.ClientError, AssertionError):
             pass
         await asyncio.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -18,7 +18,13 @@ import asyncpg
 import msgspec
 import pytest
 
-from edpo.agents.order.bridge import MAX_PENDING, ProcessBridge, effect_mark, record, start_row_id
+from edpo.agents.order.bridge import (
+    MAX_PENDING,
+    ProcessBridge,
+    effect_mark,
+    record,
+    start_row_id,
+)
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from edpo.models import (

@@ -16,8 +16,8 @@ import pytest
 
 from edpo.camunda.engine import Engine, EngineError, variables
 from edpo.config import Settings
-
 from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, TOPIC_PREFIX
+
 TIMEOUT = 30.0
 
 LINES = [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-2", "quantity": 1}]

@@ -6,8 +6,8 @@ import uuid
 
 import asyncpg
 
-from edpo.config import Settings
 from edpo.agents.order.migrate import MIGRATIONS_DIR, migrate
+from edpo.config import Settings
 
 
 async def test_migrations_apply_on_empty_database_then_are_a_no_op(servers: Settings) -> None:

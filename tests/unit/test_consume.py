@@ -9,7 +9,11 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+)
 from faust.exceptions import ProducerSendError
 
 from edpo.models import DeadLetter, Line, Message, ReserveStock, encode

@@ -125,3 +125,32 @@ async def test_a_replayed_finish_keeps_the_first_finishing_time() -> None:
     await courier.on_command(FinishDelivery(order_id=ORDER, attempt=1))
     again = table.get(ORDER)
     assert first is not None and again is not None and again.finished_at == first.finished_at == 1005.0
+
+
+async def test_a_dropped_reservation_says_its_last_words_first_with_the_first_ids() -> None:
+    # The DeliveryCompleted was stored but its ShipLine never left (a crash, or a failure that
+    # dead-lettered it): whatever happens to that record later, the drop re-sends the ShipLine.
+    warehouse, table, publish, clock = warehouse_rig(packed())
+    await warehouse.on_order_message(DeliveryCompleted(order_id=ORDER, attempt=1))
+    first = {(type(m).__name__, m.id) for m in publish.sent}
+    publish.sent.clear()
+    clock.now += RETENTION
+    await warehouse.on_order_message(ForgetReservation(order_id=ORDER))
+    assert table.get(ORDER) is None
+    last = {(type(m).__name__, m.id) for m in publish.sent}
+    assert ("ShipLine", next(i for t, i in first if t == "ShipLine")) in last
+    assert {t for t, _ in last} == {"ShipLine", "GoodsShipped"} and last <= first
+    assert publish.calls[-1][1] is True  # waited for Kafka before the entry went
+
+
+async def test_a_dropped_delivery_repeats_its_outcomes_with_the_first_ids() -> None:
+    courier, table, publish, clock = courier_rig()
+    await courier.on_command(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
+    clock.now += 5
+    await courier.on_command(FinishDelivery(order_id=ORDER, attempt=1))
+    outcome = [m for m in publish.sent if type(m).__name__ == "DeliveryCompleted"]
+    clock.now += RETENTION
+    publish.sent.clear()
+    await courier.on_command(ForgetDelivery(order_id=ORDER))
+    assert table.get(ORDER) is None
+    assert [(type(m), m.id) for m in publish.sent] == [(type(outcome[0]), outcome[0].id)]

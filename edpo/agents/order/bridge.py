@@ -27,16 +27,16 @@ from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, EngineError
 from edpo.config import Settings
 from edpo.models import (
-    OrderEvent,
-    WarehouseEvent,
-    DeliveryEvent,
     DeadLetter,
     DeliveryCompleted,
+    DeliveryEvent,
     DeliveryFailed,
     Message,
     OrderAccepted,
+    OrderEvent,
     StockPartiallyReserved,
     StockReserved,
+    WarehouseEvent,
     encode,
 )
 from edpo.runtime.failpoints import NONE, Failpoints

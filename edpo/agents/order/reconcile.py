@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -38,7 +38,7 @@ SOURCE = "order-reconciler"
 FINAL = [DELIVERED, CANCELLED, REJECTED]
 # At most this many quiet open orders are examined per round.
 BATCH = 200
-_START = (datetime.min.replace(tzinfo=timezone.utc), "")
+_START = (datetime.min.replace(tzinfo=UTC), "")
 
 
 class Reconciler:
