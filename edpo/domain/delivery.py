@@ -91,15 +91,9 @@ class Delivery(msgspec.Struct, kw_only=True):
     def last_words(self, cause: Message) -> list[Message]:
         """Every finished attempt's outcome once more before the entry is dropped (same ids as
         the first time; receivers drop what they have)."""
-        words: list[Message] = []
-        for n, attempt in sorted(self.attempts.items(), key=lambda item: int(item[0])):
-            if attempt.status == "delivered":
-                words.append(caused_by(cause, DeliveryCompleted, source=SOURCE, once_per=f"{self.order_id}:{n}",
-                                       order_id=self.order_id, attempt=int(n)))
-            elif attempt.status == "failed":
-                words.append(caused_by(cause, DeliveryFailed, source=SOURCE, once_per=f"{self.order_id}:{n}",
-                                       order_id=self.order_id, attempt=int(n), reason=attempt.failure))
-        return words
+        return [self._outcome(cause, int(n), attempt)
+                for n, attempt in sorted(self.attempts.items(), key=lambda item: int(item[0]))
+                if attempt.status != "in_transit"]
 
     def due(self, now: float) -> list[int]:
         """Numbers of the attempts in transit whose courier time is over."""
@@ -112,20 +106,20 @@ class Delivery(msgspec.Struct, kw_only=True):
         if attempt is None:
             return []
         cause = msgspec.structs.replace(cmd, trace_id=attempt.trace_id) if attempt.trace_id else cmd
-        once = f"{self.order_id}:{cmd.attempt}"
         if attempt.status == "in_transit":
             if now is not None and now < attempt.due_at:
                 return []  # asked early (reconciliation asking again): the courier is still on the road
             self.finished_at = now or 0.0
-        if attempt.failure:
-            attempt.status = "failed"
-            return [
-                caused_by(cause, DeliveryFailed, source=SOURCE, once_per=once, order_id=self.order_id,
-                          attempt=cmd.attempt, reason=attempt.failure)
-            ]
-        attempt.status = "delivered"
-        return [caused_by(cause, DeliveryCompleted, source=SOURCE, once_per=once, order_id=self.order_id,
-                          attempt=cmd.attempt)]
+            attempt.status = "failed" if attempt.failure else "delivered"
+        return [self._outcome(cause, cmd.attempt, attempt)]
+
+    def _outcome(self, cause: Message, n: int, attempt: Attempt) -> Message:
+        """A finished attempt's outcome: one id per order and attempt, whatever the cause."""
+        once = f"{self.order_id}:{n}"
+        if attempt.status == "failed":
+            return caused_by(cause, DeliveryFailed, source=SOURCE, once_per=once, order_id=self.order_id, attempt=n,
+                             reason=attempt.failure)
+        return caused_by(cause, DeliveryCompleted, source=SOURCE, once_per=once, order_id=self.order_id, attempt=n)
 
     def _accepted(self, cmd: StartDelivery) -> DeliveryAccepted:
         return caused_by(cmd, DeliveryAccepted, source=SOURCE, reply=True, once_per=f"{self.order_id}:{cmd.attempt}",

@@ -105,12 +105,9 @@ class OrderReservation(msgspec.Struct, kw_only=True):
         that never got its messages out (and is replayed later, when the entry is gone) must
         not leave units reserved. Same ids as the first time; the SKUs act on them once."""
         if self.shipped:
-            return [*(caused_by(cause, ShipLine, source=SOURCE, once_per=f"{self.order_id}:{sku}",
-                                order_id=self.order_id, sku=sku) for sku in self.lines),
-                    caused_by(cause, GoodsShipped, source=SOURCE, once_per=self.order_id, order_id=self.order_id)]
+            return self._shipping(cause)
         if self.released:
-            return [caused_by(cause, ReleaseLine, source=SOURCE, once_per=f"{self.order_id}:{sku}",
-                              order_id=self.order_id, sku=sku) for sku in self.lines]
+            return self._releasing(cause)
         return []
 
     def reaccept(self, cmd: AcceptOrder) -> list[Message]:
@@ -181,11 +178,7 @@ class OrderReservation(msgspec.Struct, kw_only=True):
         # acknowledgment still lets the compensating process finish.
         if not self.shipped:
             self.released = True
-            events += [
-                caused_by(cmd, ReleaseLine, source=SOURCE, once_per=f"{self.order_id}:{sku}", order_id=self.order_id,
-                          sku=sku)
-                for sku in self.lines
-            ]
+            events += self._releasing(cmd)
         events.append(caused_by(cmd, StockReleased, source=SOURCE, reply=True, order_id=self.order_id))
         return events
 
@@ -194,13 +187,18 @@ class OrderReservation(msgspec.Struct, kw_only=True):
         if self.released:
             return []
         self.shipped = True
-        events: list[Message] = [
-            caused_by(evt, ShipLine, source=SOURCE, once_per=f"{self.order_id}:{sku}", order_id=self.order_id,
-                      sku=sku)
-            for sku in self.lines
-        ]
-        events.append(caused_by(evt, GoodsShipped, source=SOURCE, once_per=self.order_id, order_id=self.order_id))
-        return events
+        return self._shipping(evt)
+
+    def _shipping(self, cause: Message) -> list[Message]:
+        """ShipLine per SKU and GoodsShipped: the same ids whatever the cause."""
+        return [*(caused_by(cause, ShipLine, source=SOURCE, once_per=f"{self.order_id}:{sku}", order_id=self.order_id,
+                            sku=sku) for sku in self.lines),
+                caused_by(cause, GoodsShipped, source=SOURCE, once_per=self.order_id, order_id=self.order_id)]
+
+    def _releasing(self, cause: Message) -> list[Message]:
+        """ReleaseLine per SKU: the same ids whatever the cause."""
+        return [caused_by(cause, ReleaseLine, source=SOURCE, once_per=f"{self.order_id}:{sku}",
+                          order_id=self.order_id, sku=sku) for sku in self.lines]
 
     def _missing(self) -> list[Line]:
         return [

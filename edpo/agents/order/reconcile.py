@@ -21,7 +21,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
