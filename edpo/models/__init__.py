@@ -258,7 +258,18 @@ class ForgetDelivery(Message, frozen=True):
     order_id: str
 
 
-DeliveryCommand = Union[StartDelivery, FinishDelivery, ForgetDelivery]
+class WithdrawDelivery(Message, frozen=True):
+    """Warehouse -> Delivery: call the courier back; answered by DeliveryWithdrawn.
+
+    attempt 0 withdraws every attempt in transit; `final` also refuses every later
+    StartDelivery of the order (the order is being cancelled)."""
+
+    order_id: str
+    attempt: int = 0
+    final: bool = False
+
+
+DeliveryCommand = Union[StartDelivery, FinishDelivery, ForgetDelivery, WithdrawDelivery]
 
 
 class DeliveryAccepted(Message, frozen=True):
@@ -288,7 +299,17 @@ class DeliveryFailed(Message, frozen=True):
     reason: str
 
 
-DeliveryEvent = Union[DeliveryAccepted, DeliveryRejected, DeliveryStarted, DeliveryCompleted, DeliveryFailed]
+class DeliveryWithdrawn(Message, frozen=True):
+    """Reply to WithdrawDelivery. outcome: "withdrawn" (a courier was called back), "none"
+    (nothing was in transit), or "delivered" (too late: an attempt already delivered)."""
+
+    order_id: str
+    attempt: int
+    outcome: str
+
+
+DeliveryEvent = Union[DeliveryAccepted, DeliveryRejected, DeliveryStarted, DeliveryCompleted, DeliveryFailed,
+                      DeliveryWithdrawn]
 
 # --- dead letters --------------------------------------------------------------------------------
 
