@@ -2,8 +2,10 @@
 
 The outcome of an attempt is decided when it starts (address pattern, random failure rate)
 and published when the courier's time is up; a timer notices due deliveries and sends the
-service a FinishDelivery tick through Kafka. The delivery service serves no process task:
-the warehouse's worker sends it StartDelivery.
+service a FinishDelivery tick through Kafka. WithdrawDelivery calls couriers back (a withdrawn
+attempt is never reported) and, when final, refuses the order's later attempts. The delivery
+service serves no process task: the warehouse's worker sends it StartDelivery and
+WithdrawDelivery.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import msgspec
 
 from edpo.config import Settings
 from edpo.domain.delivery import Delivery, DeliveryPolicy
-from edpo.models import FinishDelivery, ForgetDelivery, Message, StartDelivery
+from edpo.models import (
+    FinishDelivery,
+    ForgetDelivery,
+    Message,
+    StartDelivery,
+    WithdrawDelivery,
+)
 from edpo.runtime.app import ServiceApp, error_json
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
@@ -44,8 +52,9 @@ class Courier:
 
     async def on_command(self, msg: Message) -> None:
         """StartDelivery is acknowledged and dispatched; FinishDelivery publishes the outcome;
-        ForgetDelivery drops a delivery finished longer than the retention ago."""
-        if not isinstance(msg, (StartDelivery, FinishDelivery, ForgetDelivery)):
+        WithdrawDelivery calls the courier back and answers; ForgetDelivery drops a delivery
+        finished longer than the retention ago."""
+        if not isinstance(msg, (StartDelivery, FinishDelivery, WithdrawDelivery, ForgetDelivery)):
             return
         if isinstance(msg, ForgetDelivery):
             found = self.deliveries_by_order.get(msg.order_id)
@@ -53,11 +62,15 @@ class Courier:
                 await self.publish(*found.last_words(msg), wait=True)  # on Kafka before the entry goes
                 self.deliveries_by_order.delete(msg.order_id)
             return
+        # A withdrawal of an order never seen is stored too: a final one must refuse later starts.
         delivery = self.deliveries_by_order.get(msg.order_id) or Delivery(order_id=msg.order_id)
-        if isinstance(msg, StartDelivery):
-            events = delivery.start(msg, self.clock(), self.policy, self.dice())
-        else:
-            events = delivery.finish(msg, self.clock())
+        match msg:
+            case StartDelivery():
+                events = delivery.start(msg, self.clock(), self.policy, self.dice())
+            case WithdrawDelivery():
+                events = delivery.withdraw(msg, self.clock())
+            case FinishDelivery():
+                events = delivery.finish(msg, self.clock())
         self.deliveries_by_order.set(msg.order_id, delivery)
         await self.publish(*events)
 

@@ -3,8 +3,10 @@
 Two agents own two kinds of state. `order_desk` (keyed by order id) accepts orders, splits a
 reservation into per-SKU lines and gathers their results; `stock_keeper` (keyed by SKU) owns
 each SKU's stock on exactly one partition, so an order whose SKUs live on different
-partitions is served by several stock keepers and completes when all have answered. The
-warehouse also serves the process's reserve, pack, start-delivery and release tasks.
+partitions is served by several stock keepers and completes when all have answered. A
+release of an order the desk does not know yet is kept as a tombstone, so a ReserveStock it
+overtook reserves nothing. The warehouse also serves the process's reserve, pack,
+start-delivery, withdraw-delivery and release tasks.
 
 Layout, as in every service module: the handlers (a class over the service's state, with
 everything it sends passed in), then `create_app`, the composition root that wires them to
@@ -33,6 +35,7 @@ from edpo.models import (
     DeliveryAccepted,
     DeliveryCompleted,
     DeliveryRejected,
+    DeliveryWithdrawn,
     ForgetReservation,
     GoodsPacked,
     ItemsManufactured,
@@ -50,7 +53,7 @@ from edpo.models import (
     ShipLine,
     StartDelivery,
     StockReleased,
-    caused_by,
+    WithdrawDelivery,
     new_id,
 )
 from edpo.runtime.app import ServiceApp, error_json
@@ -116,8 +119,10 @@ class Warehouse:
                     current = OrderReservation(order_id=order_id, lines={}, accepted=True)
                 events = current.reserve(msg)
             case ReleaseStock() if current is None:
-                # Nothing was ever reserved here: acknowledge so compensation can finish.
-                events = [caused_by(msg, StockReleased, source=SOURCE, reply=True, order_id=order_id)]
+                # Nothing was reserved here yet, but a ReserveStock may still be on its way: keep a
+                # tombstone so it reserves nothing, and acknowledge so compensation can finish.
+                current = OrderReservation(order_id=order_id, released=True)
+                events = current.release(msg)
             case _ if current is None:
                 return  # news about an order this warehouse never saw
             case LineReserved():
@@ -212,6 +217,24 @@ class Warehouse:
             return task.bpmn_error("DELIVERY_REJECTED", reply.reason, {"delivery_attempt": attempt})
         return task.complete({"delivery_attempt": attempt})
 
+    async def withdraw_delivery(self, task: ExternalTask) -> TaskResult:
+        """Call the courier back: the current attempt (withdraw_scope "attempt") or every attempt,
+        for good (withdraw_scope "order": the order is being cancelled). ALREADY_DELIVERED when
+        the goods had reached the customer."""
+        scope = task.get_variable("withdraw_scope")
+        cmd = WithdrawDelivery(
+            order_id=task.get_business_key(),
+            attempt=int(task.get_variable("delivery_attempt") or 0) if scope == "attempt" else 0,
+            final=scope == "order",
+            source=WORKER,
+            trace_id=task_trace(task),
+        )
+        reply = await self.commands.request(cmd, replies=(DeliveryWithdrawn,))
+        assert isinstance(reply, DeliveryWithdrawn)  # request answers with one of `replies`
+        if reply.outcome == "delivered":
+            return task.bpmn_error("ALREADY_DELIVERED", "the courier had delivered already", {})
+        return task.complete({"withdrawn": reply.outcome})
+
     async def release_stock(self, task: ExternalTask) -> TaskResult:
         """Compensation of "Reserve stock": the order's units go back to stock."""
         cmd = ReleaseStock(order_id=task.get_business_key(), source=WORKER, trace_id=task_trace(task))
@@ -268,6 +291,7 @@ def create_app(settings: Settings) -> ServiceApp:
         "reserve-stock": warehouse.reserve_stock,
         "pack-goods": warehouse.pack_goods,
         "start-delivery": warehouse.start_delivery,
+        "withdraw-delivery": warehouse.withdraw_delivery,
         "release-stock": warehouse.release_stock,
     })
 

@@ -2,6 +2,11 @@
 
 Each attempt is known by its number, so a resent StartDelivery is answered again without a
 second courier being sent; the outcome is fixed at the start so replaying the finish is harmless.
+
+A WithdrawDelivery calls the courier back: every attempt in scope still in transit becomes
+"withdrawn" and is never reported. The attempt's status is the memory of it, so a resent
+withdrawal gets the same answer. A final withdrawal (the order is being cancelled) closes the
+delivery: every later StartDelivery of a new attempt is rejected.
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ from edpo.models import (
     DeliveryFailed,
     DeliveryRejected,
     DeliveryStarted,
+    DeliveryWithdrawn,
     FinishDelivery,
     Message,
     StartDelivery,
+    WithdrawDelivery,
     caused_by,
 )
 
 SOURCE = "delivery"
 UNREACHABLE = "address unreachable"
 RANDOM_FAILURE = "courier failed (random)"
+CANCELLED = "order cancelled"
 
 
 class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,7 +56,8 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 class Attempt(msgspec.Struct, kw_only=True):
     """One delivery attempt."""
 
-    status: Literal["in_transit", "delivered", "failed"]
+    # "withdrawn": called back while in transit; never finished, never reported.
+    status: Literal["in_transit", "delivered", "failed", "withdrawn"]
     due_at: float
     failure: str = ""
     address: str = ""
@@ -61,18 +70,22 @@ class Delivery(msgspec.Struct, kw_only=True):
 
     order_id: str
     attempts: dict[str, Attempt] = {}
-    # When the latest attempt ended (clock seconds); 0 while one is in transit or none ended.
+    # When the latest attempt ended or was withdrawn (clock seconds); 0 while one is in
+    # transit or none ended.
     finished_at: float = 0.0
+    # A final WithdrawDelivery arrived: the order is being cancelled, no new attempt starts.
+    closed: bool = False
 
     def start(self, cmd: StartDelivery, now: float, policy: DeliveryPolicy, roll: float) -> list[Message]:
-        """Send the courier for a new attempt; a known attempt is only acknowledged again."""
+        """Send the courier for a new attempt; a known attempt is only acknowledged again, a new
+        one of a closed delivery is rejected."""
         if str(cmd.attempt) in self.attempts:
             return [self._accepted(cmd), self._started(cmd)]
         address = cmd.delivery_address.strip()
-        if not address:
+        if self.closed or not address:
             return [
                 caused_by(cmd, DeliveryRejected, source=SOURCE, reply=True, order_id=self.order_id,
-                          attempt=cmd.attempt, reason="no delivery address")
+                          attempt=cmd.attempt, reason=CANCELLED if self.closed else "no delivery address")
             ]
         self.attempts[str(cmd.attempt)] = Attempt(
             status="in_transit",
@@ -83,17 +96,43 @@ class Delivery(msgspec.Struct, kw_only=True):
         )
         return [self._accepted(cmd), self._started(cmd)]
 
+    def withdraw(self, cmd: WithdrawDelivery, now: float) -> list[Message]:
+        """Call back the couriers of the attempts in scope (attempt 0: all) and say what became of
+        them: "delivered" if one in scope was delivered already (then nothing is withdrawn),
+        "withdrawn" if one in scope is called back (now or by an earlier withdrawal), else "none".
+        A final withdrawal also closes the delivery. A resent command gets the same answer."""
+        if cmd.final:
+            self.closed = True
+        in_scope = [a for n, a in self.attempts.items() if cmd.attempt == 0 or n == str(cmd.attempt)]
+        if any(a.status == "delivered" for a in in_scope):
+            outcome = "delivered"
+        else:
+            called_back = [a for a in in_scope if a.status == "in_transit"]
+            for attempt in called_back:
+                attempt.status = "withdrawn"
+            on_the_road = any(a.status == "in_transit" for a in self.attempts.values())
+            if called_back or (not self.finished_at and not on_the_road):
+                # The entry is dropped retention seconds after its last courier came back (or
+                # after a withdrawal that found none, so a closed delivery goes too).
+                self.finished_at = now
+            outcome = "withdrawn" if any(a.status == "withdrawn" for a in in_scope) else "none"
+        # One answer per order, scope and outcome: a resend is answered with the same id.
+        return [caused_by(cmd, DeliveryWithdrawn, source=SOURCE, reply=True,
+                          once_per=f"{self.order_id}:withdraw:{cmd.attempt}:{outcome}",
+                          order_id=self.order_id, attempt=cmd.attempt, outcome=outcome)]
+
     def forgettable(self, now: float, retention: float) -> bool:
-        """Every attempt ended at least retention seconds ago: the entry may be dropped."""
+        """Every attempt ended (or was withdrawn) at least retention seconds ago: the entry may be
+        dropped."""
         return (self.finished_at > 0 and now - self.finished_at >= retention
                 and all(a.status != "in_transit" for a in self.attempts.values()))
 
     def last_words(self, cause: Message) -> list[Message]:
         """Every finished attempt's outcome once more before the entry is dropped (same ids as
-        the first time; receivers drop what they have)."""
+        the first time; receivers drop what they have); withdrawn attempts have none."""
         return [self._outcome(cause, int(n), attempt)
                 for n, attempt in sorted(self.attempts.items(), key=lambda item: int(item[0]))
-                if attempt.status != "in_transit"]
+                if attempt.status in ("delivered", "failed")]
 
     def due(self, now: float) -> list[int]:
         """Numbers of the attempts in transit whose courier time is over."""
@@ -103,8 +142,8 @@ class Delivery(msgspec.Struct, kw_only=True):
         """Report the outcome decided at the start; a repeated tick reports it again with the same
         id (its first report may have died with the worker), and receivers drop the duplicate."""
         attempt = self.attempts.get(str(cmd.attempt))
-        if attempt is None:
-            return []
+        if attempt is None or attempt.status == "withdrawn":
+            return []  # unknown, or called back: the courier never arrives
         cause = msgspec.structs.replace(cmd, trace_id=attempt.trace_id) if attempt.trace_id else cmd
         if attempt.status == "in_transit":
             if now is not None and now < attempt.due_at:

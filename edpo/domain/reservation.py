@@ -3,6 +3,11 @@
 The order's SKUs may live on other partitions, so the reservation splits into per-SKU
 ReserveLine commands and completes when every SKU has answered with LineReserved.
 
+A cancelled order's ReleaseStock may overtake its ReserveStock, or arrive before the order is
+known here at all: the release is then kept as a tombstone (an empty reservation marked
+released), and a ReserveStock that meets a released or shipped order is only acknowledged,
+so no unit is reserved for an order that has already let go of its stock.
+
 Replay rule (docs/adr/0003): a handler that meets an input whose effect is already stored
 emits again what that input emitted the first time, with the same ids (facts that happen
 once per order carry `once_per`), because a worker may have died after storing the state and
@@ -119,10 +124,14 @@ class OrderReservation(msgspec.Struct, kw_only=True):
 
     def reserve(self, cmd: ReserveStock) -> list[Message]:
         """Acknowledge, and ask every SKU's stock for its units; a resent or replayed command asks
-        the SKUs that have not answered again and re-announces the outcome so far."""
+        the SKUs that have not answered again and re-announces the outcome so far. A released or
+        shipped order is only acknowledged: it asks nothing."""
+        ack = caused_by(cmd, ReservationAccepted, source=SOURCE, reply=True, order_id=self.order_id)
+        if self.released or self.shipped:
+            # A release that overtook the reservation: the units would never be given back.
+            return [ack]
         if not self.lines:
             self.lines = _summed(cmd.lines)
-        ack = caused_by(cmd, ReservationAccepted, source=SOURCE, reply=True, order_id=self.order_id)
         first = not self.reserve_requested
         self.reserve_requested = True
         asks: list[Message] = [

@@ -1,4 +1,5 @@
-"""The courier: attempts decided at the start, reported when due, never started twice."""
+"""The courier: attempts decided at the start, reported when due, never started twice, called back
+when withdrawn."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from edpo.models import (
     DeliveryFailed,
     DeliveryRejected,
     DeliveryStarted,
+    DeliveryWithdrawn,
     FinishDelivery,
+    Message,
     StartDelivery,
+    WithdrawDelivery,
 )
 
 ORDER = "o1"
@@ -25,6 +29,17 @@ def start(attempt: int = 1, address: str = "Main St 1", trace: str = "") -> Star
 
 def finish(attempt: int = 1) -> FinishDelivery:
     return FinishDelivery(order_id=ORDER, attempt=attempt)
+
+
+def withdraw(attempt: int = 0, final: bool = False) -> WithdrawDelivery:
+    return WithdrawDelivery(order_id=ORDER, attempt=attempt, final=final)
+
+
+def answer(events: list[Message]) -> tuple[str, int, str]:
+    """The one DeliveryWithdrawn a withdrawal answers with: (outcome, attempt, correlation id)."""
+    [reply] = events
+    assert isinstance(reply, DeliveryWithdrawn)
+    return reply.outcome, reply.attempt, reply.correlation_id
 
 
 def test_start_acknowledges_and_dispatches_the_courier() -> None:
@@ -163,3 +178,122 @@ def test_a_finish_asked_for_before_the_courier_time_is_up_finishes_nothing() -> 
     assert delivery.attempts["1"].status == "in_transit" and delivery.finished_at == 0.0
     [done] = delivery.finish(FinishDelivery(order_id="o-early", attempt=1), now=103.0)
     assert isinstance(done, DeliveryCompleted) and delivery.finished_at == 103.0
+
+
+# --- withdrawal ------------------------------------------------------------------------------------
+
+
+def test_withdrawn_courier_never_reports_an_outcome() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(), 100.0, POLICY, roll=0.5)
+    cmd = withdraw()
+    assert answer(delivery.withdraw(cmd, 101.0)) == ("withdrawn", 0, cmd.id)
+    assert delivery.attempts["1"].status == "withdrawn"
+    assert delivery.due(1e9) == []
+    assert delivery.finish(finish(), now=200.0) == []  # a tick sent before the withdrawal
+    assert delivery.attempts["1"].status == "withdrawn"
+    assert delivery.last_words(finish()) == []
+
+
+def test_resent_withdrawal_is_answered_the_same_way_with_the_same_id() -> None:
+    """The attempt's status remembers the withdrawal: a resend (or a new command of the same scope,
+    from a re-fetched task) still hears "withdrawn", with the first answer's id."""
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(), 100.0, POLICY, roll=0.5)
+    cmd = withdraw()
+    [first] = delivery.withdraw(cmd, 101.0)
+    [resent] = delivery.withdraw(cmd, 102.0)
+    [again] = delivery.withdraw(withdraw(), 103.0)
+    assert [(r.id, r.outcome, r.correlation_id) for r in (resent, again)] == [
+        (first.id, "withdrawn", cmd.id), (first.id, "withdrawn", again.correlation_id)]
+    assert delivery.finished_at == 101.0  # the courier came back once
+
+
+def test_withdrawal_after_delivery_is_too_late() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(), 0.0, POLICY, roll=0.5)
+    delivery.finish(finish())
+    assert answer(delivery.withdraw(withdraw(final=True), 10.0))[0] == "delivered"
+    assert delivery.attempts["1"].status == "delivered"
+    assert [type(e) for e in delivery.last_words(finish())] == [DeliveryCompleted]
+
+
+def test_withdrawal_after_a_failed_attempt_finds_no_courier() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(address="unreachable road"), 0.0, POLICY, roll=0.5)
+    delivery.finish(finish(), now=3.0)
+    assert answer(delivery.withdraw(withdraw(), 10.0))[0] == "none"
+    assert delivery.attempts["1"].status == "failed"
+    assert delivery.finished_at == 3.0
+
+
+def test_withdrawal_of_one_attempt_calls_back_that_attempt_only() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(1, address="unreachable road"), 0.0, POLICY, roll=0.5)
+    delivery.finish(finish(1), now=3.0)
+    delivery.start(start(2), 10.0, POLICY, roll=0.5)
+    assert answer(delivery.withdraw(withdraw(1), 11.0))[:2] == ("none", 1)
+    assert delivery.attempts["2"].status == "in_transit"
+    assert answer(delivery.withdraw(withdraw(2), 12.0))[:2] == ("withdrawn", 2)
+    assert [a.status for a in delivery.attempts.values()] == ["failed", "withdrawn"]
+
+
+def test_outcome_and_scope_each_have_their_own_answer_id() -> None:
+    delivery = Delivery(order_id=ORDER)
+    [none] = delivery.withdraw(withdraw(), 0.0)
+    delivery.start(start(), 1.0, POLICY, roll=0.5)
+    [withdrawn] = delivery.withdraw(withdraw(), 2.0)
+    [one] = delivery.withdraw(withdraw(1), 3.0)
+    assert (none.outcome, withdrawn.outcome, one.outcome) == ("none", "withdrawn", "withdrawn")
+    assert len({none.id, withdrawn.id, one.id}) == 3
+
+
+def test_final_withdrawal_rejects_new_attempts_but_acknowledges_known_ones_again() -> None:
+    delivery = Delivery(order_id=ORDER)
+    first = delivery.start(start(1), 0.0, POLICY, roll=0.5)
+    delivery.withdraw(withdraw(final=True), 1.0)
+    assert delivery.closed
+    late = start(2)
+    [rejected] = delivery.start(late, 2.0, POLICY, roll=0.5)
+    assert isinstance(rejected, DeliveryRejected)
+    assert (rejected.reason, rejected.attempt, rejected.correlation_id) == ("order cancelled", 2, late.id)
+    assert list(delivery.attempts) == ["1"]
+    again = delivery.start(start(1), 3.0, POLICY, roll=0.5)
+    assert [(type(e), e.id) for e in again] == [(type(e), e.id) for e in first]
+    assert delivery.attempts["1"].status == "withdrawn"
+
+
+def test_a_withdrawal_that_is_not_final_lets_the_next_attempt_start() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(1), 0.0, POLICY, roll=0.5)
+    delivery.withdraw(withdraw(1), 1.0)
+    assert not delivery.closed
+    assert [type(e) for e in delivery.start(start(2), 2.0, POLICY, roll=0.5)] == [DeliveryAccepted, DeliveryStarted]
+
+
+def test_final_withdrawal_of_an_order_never_seen_closes_it_and_finds_nothing() -> None:
+    delivery = Delivery(order_id=ORDER)
+    assert answer(delivery.withdraw(withdraw(final=True), 50.0))[0] == "none"
+    assert delivery.closed and delivery.attempts == {}
+    assert isinstance(delivery.start(start(1), 51.0, POLICY, roll=0.5)[0], DeliveryRejected)
+    assert not delivery.forgettable(50.0 + 299.0, retention=300.0)
+    assert delivery.forgettable(50.0 + 300.0, retention=300.0)
+
+
+def test_withdrawn_delivery_is_forgotten_after_the_retention() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(), 100.0, POLICY, roll=0.5)
+    assert not delivery.forgettable(1e9, retention=300.0)  # on the road
+    delivery.withdraw(withdraw(), 101.0)
+    assert delivery.finished_at == 101.0
+    assert not delivery.forgettable(400.0, retention=300.0)
+    assert delivery.forgettable(401.0, retention=300.0)
+
+
+def test_withdrawn_and_closed_delivery_survives_a_json_round_trip() -> None:
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(), 0.0, POLICY, roll=0.5)
+    first = delivery.withdraw(withdraw(final=True), 1.0)
+    restored = msgspec.json.decode(msgspec.json.encode(delivery), type=Delivery)
+    assert restored == delivery and restored.closed
+    assert [e.id for e in restored.withdraw(withdraw(final=True), 2.0)] == [e.id for e in first]

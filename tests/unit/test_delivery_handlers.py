@@ -10,10 +10,14 @@ from edpo.models import (
     DeliveryAccepted,
     DeliveryCompleted,
     DeliveryFailed,
+    DeliveryRejected,
     DeliveryStarted,
+    DeliveryWithdrawn,
     FinishDelivery,
+    ForgetDelivery,
     Message,
     StartDelivery,
+    WithdrawDelivery,
 )
 from tests.unit.fakes import MemoryTable, RecordingPublish
 
@@ -101,3 +105,50 @@ async def test_timer_ticks_a_due_attempt_once_while_the_agent_catches_up() -> No
     rig.now += 60.0  # the tick got lost: send it again
     await rig.courier.finish_due_deliveries()
     assert ticks(rig.publish) == [(ORDER, 1), (ORDER, 1)]
+
+
+async def test_withdraw_delivery_calls_the_courier_back_and_answers() -> None:
+    rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(103.0)})})
+    cmd = WithdrawDelivery(order_id=ORDER, final=True)
+    await rig.courier.on_command(cmd)
+    stored = rig.table.get(ORDER)
+    assert stored is not None and stored.attempts["1"].status == "withdrawn" and stored.closed
+    [reply] = rig.publish.sent
+    assert isinstance(reply, DeliveryWithdrawn)
+    assert (reply.outcome, reply.attempt, reply.correlation_id) == ("withdrawn", 0, cmd.id)
+
+
+async def test_resent_withdraw_delivery_gets_the_same_answer() -> None:
+    rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(103.0)})})
+    cmd = WithdrawDelivery(order_id=ORDER, attempt=1)
+    await rig.courier.on_command(cmd)
+    await rig.courier.on_command(cmd)
+    first, resent = rig.publish.sent
+    assert isinstance(first, DeliveryWithdrawn) and isinstance(resent, DeliveryWithdrawn)
+    assert (resent.id, resent.outcome) == (first.id, first.outcome) == (first.id, "withdrawn")
+
+
+async def test_withdraw_delivery_of_an_order_never_seen_is_remembered_when_final() -> None:
+    rig = Rig()
+    await rig.courier.on_command(WithdrawDelivery(order_id=ORDER, final=True))
+    assert [(type(m), m.outcome) for m in rig.publish.sent] == [(DeliveryWithdrawn, "none")]
+    late = StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1")
+    await rig.courier.on_command(late)
+    stored = rig.table.get(ORDER)
+    assert stored is not None and stored.closed and stored.attempts == {}
+    assert [(type(m), m.correlation_id) for m in rig.publish.sent[1:]] == [(DeliveryRejected, late.id)]
+
+
+async def test_withdrawn_attempt_is_never_ticked_and_is_forgotten_without_last_words() -> None:
+    rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(103.0)})})
+    await rig.courier.on_command(WithdrawDelivery(order_id=ORDER))
+    rig.publish.sent.clear()
+    rig.now += 10.0
+    await rig.courier.finish_due_deliveries()
+    assert rig.publish.sent == []
+    rig.now += 300.0  # the default retention
+    await rig.courier.finish_due_deliveries()
+    assert rig.publish.types() == [ForgetDelivery]
+    await rig.courier.on_command(rig.publish.sent[0])
+    assert rig.table.rows == {}
+    assert rig.publish.types() == [ForgetDelivery]  # a withdrawn attempt has no outcome to repeat

@@ -326,3 +326,32 @@ def test_accept_then_reserve_answers_in_the_orders_trace() -> None:
     events += reservation.reserve(ReserveStock(order_id=ORDER, lines=[], trace_id="trace-1"))
     assert {e.trace_id for e in events} == {"trace-1"}
     assert [type(e) for e in events] == [OrderAccepted, ReservationAccepted, ReserveLine]
+
+
+def test_reserve_stock_overtaken_by_its_release_is_only_acknowledged() -> None:
+    """A cancellation's ReleaseStock reached the desk first: the tombstone reserves nothing."""
+    tombstone = OrderReservation(order_id=ORDER, released=True)
+    cmd = ReserveStock(order_id=ORDER, lines=[Line(sku="BOLT", quantity=2)])
+    events = tombstone.reserve(cmd)
+    assert [(type(e), e.correlation_id) for e in events] == [(ReservationAccepted, cmd.id)]
+    assert (tombstone.lines, tombstone.reserve_requested, tombstone.released) == ({}, False, True)
+    assert tombstone.last_words(cmd) == []  # nothing to give back
+
+
+def test_reserve_stock_resent_after_release_or_shipping_asks_no_sku_again() -> None:
+    released = reserving(("BOLT", 2), ("NUT", 1))
+    released.on_line_reserved(line_reserved("BOLT", 2, 2))
+    released.release(ReleaseStock(order_id=ORDER))
+    shipped = fully_reserved()
+    shipped.ship(DeliveryCompleted(order_id=ORDER, attempt=1))
+    for reservation in (released, shipped):
+        assert types(reservation.reserve(reserve_cmd())) == ["ReservationAccepted"]
+
+
+def test_tombstone_still_answers_accept_order_and_refuses_packing() -> None:
+    tombstone = OrderReservation(order_id=ORDER, released=True)
+    first = accepted(("BOLT", 1))
+    [reply] = tombstone.reaccept(accept_cmd(("BOLT", 1)))
+    assert isinstance(reply, OrderAccepted) and reply.id == first.reaccept(accept_cmd(("BOLT", 1)))[0].id
+    [rejected] = tombstone.pack(PackGoods(order_id=ORDER))
+    assert isinstance(rejected, PackingRejected) and rejected.reason == "stock was released"

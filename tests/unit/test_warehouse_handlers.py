@@ -17,6 +17,7 @@ from edpo.models import (
     DeliveryCompleted,
     DeliveryFailed,
     DeliveryRejected,
+    DeliveryWithdrawn,
     GoodsPacked,
     ItemsManufactured,
     Line,
@@ -37,6 +38,7 @@ from edpo.models import (
     StockLevelChanged,
     StockReleased,
     StockReserved,
+    WithdrawDelivery,
     caused_by,
 )
 from edpo.runtime.commands import CommandUnanswered
@@ -51,12 +53,13 @@ class Rig:
 
     def __init__(self, *, stock: dict[str, SkuStock] | None = None,
                  reservations: dict[str, OrderReservation] | None = None,
-                 answer: Callable[[Message], Message] | None = None) -> None:
+                 answer: Callable[[Message], Message] | None = None,
+                 clock: Callable[[], float] = lambda: 1000.0) -> None:
         self.stock = MemoryTable(stock)
         self.reservations = MemoryTable(reservations)
         self.publish = RecordingPublish()
         self.commands = FakeCommands(answer)
-        self.warehouse = Warehouse(CATALOG, self.stock, self.reservations, self.publish, self.commands)
+        self.warehouse = Warehouse(CATALOG, self.stock, self.reservations, self.publish, self.commands, clock=clock)
 
 
 def awaiting_lines() -> OrderReservation:
@@ -103,12 +106,30 @@ async def test_line_reserved_is_stored_and_the_outcome_published() -> None:
     assert rig.publish.types() == [StockReserved]
 
 
-async def test_release_of_an_order_never_seen_is_acknowledged_without_storing() -> None:
-    rig = Rig()
+async def test_release_of_an_order_never_seen_is_acknowledged_and_kept_as_a_tombstone() -> None:
+    rig = Rig(clock=lambda: 50.0)
     cmd = ReleaseStock(order_id=ORDER)
     await rig.warehouse.on_order_message(cmd)
-    assert rig.reservations.rows == {}
+    assert rig.reservations.rows == {ORDER: OrderReservation(order_id=ORDER, released=True, closed_at=50.0)}
     assert [(type(m), m.order_id, m.correlation_id) for m in rig.publish.sent] == [(StockReleased, ORDER, cmd.id)]
+
+
+async def test_reserve_stock_overtaken_by_its_release_reserves_nothing() -> None:
+    rig = Rig()
+    await rig.warehouse.on_order_message(ReleaseStock(order_id=ORDER))
+    reserve = ReserveStock(order_id=ORDER, lines=[Line(sku="A", quantity=2)])
+    await rig.warehouse.on_order_message(reserve)
+    assert [(type(m), m.correlation_id) for m in rig.publish.sent[1:]] == [(ReservationAccepted, reserve.id)]
+    stored = rig.reservations.get(ORDER)
+    assert stored is not None and stored.released and stored.lines == {} and not stored.reserve_requested
+
+
+async def test_a_tombstone_still_answers_a_resent_accept_order() -> None:
+    rig = Rig()
+    await rig.warehouse.on_order_message(ReleaseStock(order_id=ORDER))
+    cmd = AcceptOrder(order_id=ORDER, lines=[Line(sku="A", quantity=2)])
+    await rig.warehouse.on_order_message(cmd)
+    assert [(type(m), m.correlation_id) for m in rig.publish.sent[1:]] == [(OrderAccepted, cmd.id)]
 
 
 @pytest.mark.parametrize("msg", [
@@ -126,6 +147,7 @@ async def test_news_about_an_order_never_seen_is_dropped(msg: Message) -> None:
 @pytest.mark.parametrize("msg", [
     DeliveryAccepted(order_id=ORDER, attempt=1),
     DeliveryFailed(order_id=ORDER, attempt=1, reason="x"),
+    DeliveryWithdrawn(order_id=ORDER, attempt=0, outcome="withdrawn"),
     StockReserved(order_id=ORDER),
 ], ids=lambda m: m.type)
 async def test_order_desk_skips_messages_it_does_not_handle(msg: Message) -> None:
@@ -245,6 +267,32 @@ async def test_rejected_delivery_is_the_bpmn_error_delivery_rejected_with_its_at
     assert result.is_bpmn_error()
     assert (result.bpmn_error_code, result.error_message) == ("DELIVERY_REJECTED", "no delivery address")
     assert result.global_variables == {"delivery_attempt": 3}
+
+
+@pytest.mark.parametrize(("scope", "attempt", "final"), [("order", 0, True), ("attempt", 2, False)])
+async def test_withdraw_delivery_calls_the_courier_back_in_the_tasks_scope(scope: str, attempt: int,
+                                                                          final: bool) -> None:
+    rig = Rig(answer=lambda cmd: caused_by(cmd, DeliveryWithdrawn, source="delivery", reply=True, order_id=ORDER,
+                                           attempt=attempt, outcome="withdrawn"))
+    task = external_task("withdraw-delivery", ORDER, withdraw_scope=scope, delivery_attempt=2, trace_id="tr")
+    result = await rig.warehouse.withdraw_delivery(task)
+    [(cmd, replies)] = rig.commands.requested
+    assert isinstance(cmd, WithdrawDelivery) and replies == (DeliveryWithdrawn,)
+    assert (cmd.order_id, cmd.attempt, cmd.final, cmd.trace_id) == (ORDER, attempt, final, "tr")
+    assert result.is_success() and result.global_variables == {"withdrawn": "withdrawn"}
+
+
+async def test_withdraw_delivery_with_nothing_on_the_road_completes() -> None:
+    rig = Rig(answer=lambda cmd: DeliveryWithdrawn(order_id=ORDER, attempt=0, outcome="none"))
+    result = await rig.warehouse.withdraw_delivery(external_task("withdraw-delivery", ORDER, withdraw_scope="order"))
+    assert result.is_success() and result.global_variables == {"withdrawn": "none"}
+
+
+async def test_withdrawing_a_delivered_order_is_the_bpmn_error_already_delivered() -> None:
+    rig = Rig(answer=lambda cmd: DeliveryWithdrawn(order_id=ORDER, attempt=0, outcome="delivered"))
+    result = await rig.warehouse.withdraw_delivery(external_task("withdraw-delivery", ORDER, withdraw_scope="order"))
+    assert result.is_bpmn_error()
+    assert result.bpmn_error_code == "ALREADY_DELIVERED"
 
 
 async def test_release_stock_task_completes_once_released() -> None:
