@@ -129,6 +129,17 @@ def order_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if status == 200 else 1
 
 
+def order_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    """POST /orders/{id}/cancel: 0 when accepted (202), 1 with the reason otherwise."""
+    status, reply = _http("POST", f"http://{settings.host}:{settings.web_ports['order']}/orders/{args.order_id}/cancel")
+    if status == 202:
+        _say(f"cancellation of {args.order_id} accepted; the order moves to CANCELLED once its goods are back "
+             f"(`edpo order show {args.order_id}`)")
+        return 0
+    _say(json.dumps(reply, indent=2))
+    return 1
+
+
 def stock_show(settings: Settings) -> int:
     status, reply = _http("GET", f"http://{settings.host}:{settings.web_ports['warehouse']}/stock")
     if status != 200:
@@ -159,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("service", choices=["order", "warehouse", "factory", "delivery"])
     w.add_argument("--instance", type=int, default=1, help="instance number (web port + 100 per instance)")
 
-    o = sub.add_parser("order", help="place or show orders")
+    o = sub.add_parser("order", help="place, show or cancel orders")
     osub = o.add_subparsers(dest="order_cmd", required=True)
     place = osub.add_parser("place")
     place.add_argument("--item", action="append", required=True, metavar="SKU:QTY")
@@ -167,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     place.add_argument("--customer", default="cli-customer")
     show = osub.add_parser("show")
     show.add_argument("order_id")
+    cancel = osub.add_parser("cancel", help="cancel an order that has not shipped (its goods go back to stock)")
+    cancel.add_argument("order_id")
 
     sub.add_parser("stock", help="stock levels per SKU")
     sub.add_parser("demo", help="place the sample orders and follow them live")
@@ -211,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run(args.service, settings.for_instance(args.instance))
             case "order":
-                return order_place(settings, args) if args.order_cmd == "place" else order_show(settings, args)
+                verbs = {"place": order_place, "show": order_show, "cancel": order_cancel}
+                return verbs[args.order_cmd](settings, args)
             case "stock":
                 return stock_show(settings)
             case "demo":

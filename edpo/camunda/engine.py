@@ -164,3 +164,63 @@ class Engine:
         return await self.request(
             "GET", "/history/activity-instance", params={"processInstanceId": process_instance_id, "sortBy": "startTime", "sortOrder": "asc"}
         )
+
+    async def ensure_member(self, group: str, group_name: str, user: str) -> bool:
+        """Create the (workflow) group if missing and make the user, if it exists, a member.
+        Returns whether the user is a member now."""
+        try:
+            await self.request("GET", f"/group/{group}")
+        except EngineError as e:
+            if e.status != 404:
+                raise
+            try:
+                await self.request("POST", "/group/create", json={"id": group, "name": group_name, "type": "WORKFLOW"})
+            except EngineError:
+                if not await self.request("GET", "/group", params={"id": group}):
+                    raise  # not a concurrent creation by another worker
+        if not await self.request("GET", "/user", params={"id": user}):
+            return False
+        if not await self.request("GET", "/group", params={"id": group, "member": user}):
+            try:
+                await self.request("PUT", f"/group/{group}/members/{user}")
+            except EngineError:
+                if not await self.request("GET", "/group", params={"id": group, "member": user}):
+                    raise
+        return True
+
+    async def process_view(self, key: str, business_key: str) -> dict[str, Any] | None:
+        """Where the order's process instance is: state, the activities it waits at, open user
+        tasks and incidents; None when it never had one. The running instance is preferred."""
+        history = await self.history_instances(key, business_key)
+        if not history:
+            return None
+        history.sort(key=lambda h: (h["state"] == "ACTIVE", h.get("startTime") or ""))
+        instance = history[-1]
+        view: dict[str, Any] = {"instance_id": instance["id"], "state": "ended", "waiting_at": [], "user_tasks": [],
+                                "incidents": 0}
+        if instance["state"] != "ACTIVE":
+            return view
+        view["state"] = "active"
+        try:
+            tree = await self.request("GET", f"/process-instance/{instance['id']}/activity-instances")
+        except EngineError as e:
+            if e.status == 404:  # ended in between
+                view["state"] = "ended"
+                return view
+            raise
+        view["waiting_at"] = _leaves(tree)
+        tasks = await self.request("GET", "/task", params={"processInstanceId": instance["id"]})
+        view["user_tasks"] = [{"id": t["id"], "key": t["taskDefinitionKey"], "name": t["name"], "created": t["created"]}
+                              for t in tasks]
+        count = await self.request("GET", "/incident/count", params={"processInstanceId": instance["id"]})
+        view["incidents"] = int(count.get("count", 0))
+        return view
+
+
+def _leaves(tree: dict[str, Any]) -> list[str]:
+    """Names of the innermost activities an instance is at (event subprocesses are scopes)."""
+    names: list[str] = []
+    for child in tree.get("childActivityInstances", []):
+        inner = _leaves(child)
+        names += inner or [child.get("activityName") or child.get("activityId", "")]
+    return names

@@ -8,6 +8,7 @@ by the command line or a test, and passed in; nothing reads the environment at i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("order", "warehouse", "factory", "delivery")
+# What a BPMN timer takes as a duration: P[nD]T[nH][nM][nS] (weeks, years and months too).
+ISO_DURATION = re.compile(r"P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
 # Further instances of a service listen on base port + 100 * (instance - 1).
 INSTANCE_PORT_STEP = 100
 
@@ -112,6 +115,22 @@ class Settings(BaseSettings):
     delivery_retry_backoff: float = Field(
         2, ge=0, description="Seconds the process waits before retrying a failed delivery"
     )
+    delivery_timeout: str = Field(
+        "PT1M", description="ISO 8601 duration: a delivery without news this long raises the user task "
+        "\"Resolve overdue delivery\" (dispatchers decide: retry, cancel or wait)",
+    )
+    stock_timeout: str = Field(
+        "PT5M", description="ISO 8601 duration: an order waiting this long for missing stock raises the user "
+        "task \"Decide on delayed order\" (dispatchers decide: wait or cancel)",
+    )
+    order_deadline: str = Field(
+        "PT30M", description="ISO 8601 duration: an order not finished this long after it was accepted raises "
+        "the user task \"Investigate order\"",
+    )
+    dispatcher_user: str = Field(
+        "demo", description="Engine user put into the group dispatchers (who sees the escalation tasks in Tasklist); "
+        "a user the engine does not have is skipped",
+    )
     command_timeout: float = Field(
         5, gt=0, description="Seconds to wait for a command's acknowledgment before resending"
     )
@@ -144,6 +163,14 @@ class Settings(BaseSettings):
     failpoints: str = Field(
         "", description="Crash points for fault injection, e.g. warehouse.after_store=kill@3 (edpo/runtime/failpoints.py)"
     )
+
+    @field_validator("delivery_timeout", "stock_timeout", "order_deadline")
+    @classmethod
+    def _iso_duration(cls, value: str) -> str:
+        """The engine reads these as BPMN timer durations: refuse what it would not parse."""
+        if not ISO_DURATION.fullmatch(value) or value in ("P", "PT") or value.endswith("T"):
+            raise ValueError(f"{value!r} is not an ISO 8601 duration such as PT30S, PT5M or P1D")
+        return value
 
     @field_validator("root", "run_dir", "catalog")
     @classmethod

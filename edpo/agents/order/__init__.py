@@ -24,7 +24,7 @@ from camunda.external_task.external_task import ExternalTask, TaskResult
 from edpo.agents.order import bridge
 from edpo.agents.order.reconcile import Reconciler
 from edpo.agents.order.store import OrderStore
-from edpo.camunda import ORDER_FULFILMENT_BPMN
+from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
 from edpo.config import Settings
 from edpo.config.catalog import load_catalog
 from edpo.domain.lifecycle import STATUSES, status_for
@@ -38,6 +38,7 @@ from edpo.topics import delivery_events_topic, warehouse_events_topic
 
 logger = logging.getLogger(__name__)
 SOURCE = "order"
+DISPATCHERS = "dispatchers"  # candidate group of the process's user tasks
 
 
 class Orders:
@@ -69,10 +70,19 @@ class Orders:
         return order, created
 
     async def cancel_order(self, task: ExternalTask) -> TaskResult:
-        """Compensation's last step: CANCELLED, and OrderCancelled for everyone else."""
-        await self.store.cancel(task.get_business_key(), "every delivery attempt failed", SOURCE)
+        """Compensation's last step: CANCELLED, and OrderCancelled for everyone else. The path
+        that led here set cancel_reason (attempts spent, a dispatcher, the customer)."""
+        reason = task.get_variable("cancel_reason") or "every delivery attempt failed"
+        await self.store.cancel(task.get_business_key(), reason, SOURCE)
         self.relay_wake.set()
         return task.complete({})
+
+    async def request_cancel(self, order_id: str) -> tuple[str, dict[str, Any] | None]:
+        """A customer's cancellation: accepted (the process is told), conflict, or unknown."""
+        outcome, found = await self.store.request_cancel(order_id, "the customer cancelled it")
+        if outcome == "accepted":
+            self.bridge_wake.set()
+        return outcome, found
 
 
 class OrderBackground(mode.Service):
@@ -86,6 +96,8 @@ class OrderBackground(mode.Service):
 
     async def deploy(self) -> None:
         await self.app.engine.deploy("edpo-order-fulfilment", ORDER_FULFILMENT_BPMN)
+        # The process's user tasks are for the group dispatchers; the dev stack's user demo is one.
+        await self.app.engine.ensure_member(DISPATCHERS, "Dispatchers", self.settings.dispatcher_user)
 
     async def start_variables(self, order_id: str) -> dict[str, Any] | None:
         values = await self.orders.store.start_variables(order_id)
@@ -93,6 +105,9 @@ class OrderBackground(mode.Service):
             values["max_delivery_attempts"] = self.settings.delivery_attempts
             values["delivery_attempt"] = 0
             values["delivery_retry_backoff"] = f"PT{self.settings.delivery_retry_backoff:g}S"
+            values["delivery_timeout"] = self.settings.delivery_timeout
+            values["stock_timeout"] = self.settings.stock_timeout
+            values["order_deadline"] = self.settings.order_deadline
         return values
 
     @mode.Service.task
@@ -202,7 +217,7 @@ def create_app(settings: Settings) -> ServiceApp:
 
     @app.page("/orders/{order_id}")
     class OrderView(faust.web.View):
-        """GET /orders/{order_id}: the order with its lines and status history."""
+        """GET /orders/{order_id}: the order with its lines, status history and process."""
 
         async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
             try:
@@ -211,7 +226,35 @@ def create_app(settings: Settings) -> ServiceApp:
                 return unavailable(self, e)
             if order is None:
                 return error_json(self, 404, "order_id", f"no order {order_id!r}")
+            order["process"] = await process_of(order_id)
             return self.json(order)
+
+    async def process_of(order_id: str) -> dict[str, Any] | None:
+        """The order's process instance as the engine sees it; None (and a warning) when the
+        engine cannot say: the order itself is still served."""
+        try:
+            return await app.engine.process_view(ORDER_FULFILMENT, order_id)
+        except Exception as e:  # noqa: BLE001 - engine away or slow: the order without its process
+            logger.warning("order API: process of %s unavailable (%s: %s)", order_id, type(e).__name__, e)
+            return None
+
+    @app.page("/orders/{order_id}/cancel")
+    class CancelView(faust.web.View):
+        """POST /orders/{order_id}/cancel: 202 while the courier does not have the goods (the
+        order moves to CANCELLED once compensation is done), 409 with the reason after, 404."""
+
+        async def post(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
+            try:
+                outcome, found = await orders.request_cancel(order_id)
+            except TRANSIENT as e:
+                return unavailable(self, e)
+            if outcome == "unknown":
+                return error_json(self, 404, "order_id", f"no order {order_id!r}")
+            if outcome == "conflict":
+                assert found is not None
+                return self.json({"errors": [{"field": "order_id", "message": f"cannot cancel: {found['reason']}"}],
+                                  "status": found["status"]}, status=409)
+            return self.json(found, status=202, headers={"Location": f"/orders/{order_id}"})
 
     @app.page("/catalog")
     async def catalog_view(web: Any, request: Any) -> Any:

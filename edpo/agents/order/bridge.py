@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 START = "start"  # the inbox row that starts the order's process instance
 DEAD = "dead"  # an inbox row given up on: dead-lettered with its reason
+CANCEL_REQUESTED = "CancelRequested"  # the message a customer's cancellation is correlated as
 
 
 def effect_mark(row: asyncpg.Record) -> str:
@@ -60,6 +61,11 @@ def start_row_id(order_id: str) -> str:
     return f"start:{order_id}"
 
 
+def cancel_row_id(order_id: str) -> str:
+    """The one inbox row that tells the order's process instance the customer cancelled."""
+    return f"cancel:{order_id}"
+
+
 def _no_vars(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return {}, {}
 
@@ -67,7 +73,9 @@ def _no_vars(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 # Message name (= event type) -> (process variables to set, correlation keys to match).
 CORRELATIONS: dict[type[Message], Callable[[Any], tuple[dict[str, Any], dict[str, Any]]]] = {
     StockReserved: _no_vars,
-    StockPartiallyReserved: lambda e: ({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.missing]}, {}),
+    StockPartiallyReserved: lambda e: ({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.missing],
+                                        "missing_summary": ", ".join(f"{l.quantity} x {l.sku}" for l in e.missing)},
+                                       {}),
     # The attempt number keeps a stale duplicate of an earlier attempt from matching a later wait.
     DeliveryCompleted: lambda e: ({}, {"delivery_attempt": e.attempt}),
     DeliveryFailed: lambda e: ({"delivery_failure": e.reason}, {"delivery_attempt": e.attempt}),
@@ -88,11 +96,12 @@ def wanted(msg: Message) -> bool:
     return isinstance(msg, OrderAccepted) or type(msg) in CORRELATIONS
 
 
-async def record(conn: asyncpg.Connection, msg: Message) -> bool:
+async def record(conn: asyncpg.Connection, msg: Message, history: str = "") -> bool:
     """Put an event the process cares about into the inbox (inside the caller's transaction).
 
     A duplicate is stored once; the same event arriving again after it was dead-lettered (a
-    replay) makes the row pending again."""
+    replay) makes the row pending again. `history` (the order's status history as text) goes
+    along as the process variable order_history, which the dispatchers' task forms show."""
     order_id: str = msg.order_id  # type: ignore[attr-defined]
     if isinstance(msg, OrderAccepted):
         row_id, name, values, keys = start_row_id(order_id), START, {}, {}
@@ -101,6 +110,8 @@ async def record(conn: asyncpg.Connection, msg: Message) -> bool:
         values, keys = CORRELATIONS[type(msg)](msg)
     else:
         return False
+    if history:
+        values = {**values, "order_history": history}
     status = await conn.execute(
         "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation, payload)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO UPDATE"
@@ -109,6 +120,17 @@ async def record(conn: asyncpg.Connection, msg: Message) -> bool:
         row_id, order_id, name, json.dumps(values), json.dumps(keys), encode(msg).decode(),
     )
     return status.endswith("1")
+
+
+async def record_cancel(conn: asyncpg.Connection, order_id: str, reason: str, history: str) -> None:
+    """A customer's cancellation for the process (inside the caller's transaction): one row per
+    order, correlated as the message CancelRequested that interrupts the instance."""
+    await conn.execute(
+        "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation)"
+        " VALUES ($1, $2, $3, $4, '{}') ON CONFLICT (event_id) DO NOTHING",
+        cancel_row_id(order_id), order_id, CANCEL_REQUESTED,
+        json.dumps({"cancel_reason": reason, "order_history": history}),
+    )
 
 
 def dead_letter_of(row: asyncpg.Record, reason: str) -> DeadLetter:
@@ -245,6 +267,13 @@ class ProcessBridge:
             # The correlation took effect but its answer was lost (engine or worker died in
             # between): done, not a dead letter.
             return "correlated", "took effect before (the instance carries its mark)"
+        final = await self.pool.fetchval(
+            "SELECT status FROM orders WHERE order_id = $1 AND status IN ('DELIVERED', 'CANCELLED', 'REJECTED')",
+            order_id)
+        if final and all(h["state"] != "ACTIVE" for h in history):
+            # The order is over (a cancellation raced the courier, or the warehouse rejected the
+            # order before anyone cancelled it): nothing waits for this any more, and nothing is lost.
+            return "correlated", f"{row['message_name']}: the order is {final} and its process has ended"
         if history and all(h["state"] != "ACTIVE" for h in history):
             return DEAD, f"{row['message_name']}: the order's process instance has ended"
         received = row["received_at"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from edpo.agents.order.bridge import START, start_row_id
+from edpo.agents.order.bridge import CANCEL_REQUESTED, START, start_row_id
 from edpo.agents.order.outbox import enqueue
 from edpo.camunda.engine import Engine
 from edpo.domain.lifecycle import CANCELLED, DELIVERED, PLACED, REJECTED
@@ -118,7 +118,8 @@ class Reconciler:
             if not instances:
                 await self._restart(order_id, row["status"], found)
                 continue
-            waiting = await self.engine.waiting_messages(instances[0])
+            # A running instance always listens for a customer's cancellation: not an awaited event.
+            waiting = [name for name in await self.engine.waiting_messages(instances[0]) if name != CANCEL_REQUESTED]
             if waiting:
                 attempt = await self.engine.variable(instances[0], "delivery_attempt")
                 # The instance waits for alternatives (StockReserved or StockPartiallyReserved;

@@ -19,7 +19,7 @@ import msgspec
 from edpo.agents.order import bridge
 from edpo.agents.order.migrate import migrate
 from edpo.agents.order.outbox import enqueue
-from edpo.domain.lifecycle import advances, rank, status_for
+from edpo.domain.lifecycle import CANCELLED, DELIVERED, REJECTED, SHIPPED, advances, rank, status_for
 from edpo.domain.order import NewOrder
 from edpo.models import (
     AcceptOrder,
@@ -115,7 +115,43 @@ async def get_order(pool: asyncpg.Pool | asyncpg.Connection, order_id: str) -> d
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
         "trace_id": row["trace_id"],
+        "cancel_requested_at": _iso(row["cancel_requested_at"]) if row["cancel_requested_at"] else None,
     }
+
+
+async def history_summary(conn: asyncpg.Connection, order_id: str) -> str:
+    """The order's status history in one line, for the people who see it in Tasklist."""
+    rows = await conn.fetch("SELECT status, at, detail FROM order_history WHERE order_id = $1 ORDER BY id", order_id)
+    return "; ".join(f"{r['at']:%Y-%m-%d %H:%M:%S} {r['status']}" + (f" ({r['detail']})" if r["detail"] else "")
+                     for r in rows)
+
+
+# Why an order cannot be cancelled any more, by status (POST /orders/{id}/cancel answers 409).
+NOT_CANCELLABLE = {
+    SHIPPED: "the courier has the goods (SHIPPED); a dispatcher can still call the delivery back",
+    DELIVERED: "the order was delivered",
+    CANCELLED: "the order is cancelled already",
+    REJECTED: "the order was rejected",
+}
+
+
+async def request_cancel(pool: asyncpg.Pool, order_id: str, reason: str) -> tuple[str, dict[str, Any] | None]:
+    """A customer's cancellation: ("accepted", order) when the process is told (once, however
+    often it is asked), ("conflict", reason) or ("unknown", None). The order row is locked, so
+    the decision and the status it rests on are one."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT status, cancel_requested_at FROM orders WHERE order_id = $1 FOR UPDATE",
+                                  order_id)
+        if row is None:
+            return "unknown", None
+        if row["status"] in NOT_CANCELLABLE:
+            return "conflict", {"reason": NOT_CANCELLABLE[row["status"]], "status": row["status"]}
+        if row["cancel_requested_at"] is None:
+            await conn.execute("UPDATE orders SET cancel_requested_at = now(), updated_at = now() WHERE order_id = $1",
+                               order_id)
+            await bridge.record_cancel(conn, order_id, reason, await history_summary(conn, order_id))
+    order = await get_order(pool, order_id)
+    return "accepted", order
 
 
 async def list_orders(pool: asyncpg.Pool, status: str | None, limit: int) -> list[dict[str, Any]]:
@@ -171,15 +207,23 @@ async def ack_command(conn: asyncpg.Connection, command_id: str, ack: str) -> No
 
 async def start_variables(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
     """What the process needs at start, from the stored order."""
-    order = await pool.fetchrow("SELECT delivery_address, trace_id FROM orders WHERE order_id = $1", order_id)
+    order = await pool.fetchrow("SELECT delivery_address, customer_id, trace_id FROM orders WHERE order_id = $1",
+                                order_id)
     if order is None:
         return None
     lines = await pool.fetch("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+    async with pool.acquire() as conn:
+        history = await history_summary(conn, order_id)
+    items = ", ".join(f"{r['quantity']} x {r['sku']}" for r in lines)
     return {
         "order_id": order_id,
         "delivery_address": order["delivery_address"],
         "lines": [dict(r) for r in lines],
         "trace_id": order["trace_id"] or "",
+        # Shown in the dispatchers' task forms (Tasklist).
+        "order_summary": f"{items} to {order['delivery_address']} (customer {order['customer_id']}, order {order_id})",
+        "order_history": history,
+        "missing_summary": "",
     }
 
 
@@ -269,7 +313,8 @@ class OrderStore:
             if isinstance(msg, (OrderAccepted, OrderRejected)):
                 await ack_command(conn, msg.correlation_id, msg.type)
             status = await apply_status(conn, msg)
-            queued = await bridge.record(conn, msg)
+            history = await history_summary(conn, msg.order_id) if bridge.wanted(msg) else ""  # type: ignore[attr-defined]
+            queued = await bridge.record(conn, msg, history)
         return status, queued
 
     async def cancel(self, order_id: str, reason: str, source: str) -> bool:
@@ -285,6 +330,14 @@ class OrderStore:
 
     async def start_variables(self, order_id: str) -> dict[str, Any] | None:
         return await start_variables(await self.pool(), order_id)
+
+    async def request_cancel(self, order_id: str, reason: str) -> tuple[str, dict[str, Any] | None]:
+        return await request_cancel(await self.pool(), order_id, reason)
+
+    async def is_final(self, order_id: str) -> str | None:
+        """The order's status if it is DELIVERED, CANCELLED or REJECTED, else None."""
+        status = await (await self.pool()).fetchval("SELECT status FROM orders WHERE order_id = $1", order_id)
+        return status if status in (DELIVERED, CANCELLED, REJECTED) else None
 
     async def outbox_report(self, command_attempts: int = 5) -> dict[str, Any]:
         """For /health: commands still unanswered after command_attempts sends (resent at the
