@@ -80,6 +80,7 @@ bench: setup
 
 docs: $(STAMP)/python
 	@$(BIN)/python -m edpo.topics > docs/messages.md
+	@$(BIN)/python -m edpo.dev.diagram
 
 clean: down
 	rm -rf .run

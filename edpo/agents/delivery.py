@@ -93,7 +93,8 @@ def create_app(settings: Settings) -> ServiceApp:
     app = ServiceApp(SOURCE, settings)
     deliveries_by_order = app.struct_table("deliveries_by_order", Delivery, help="Delivery attempts per order")
     policy = DeliveryPolicy(unreachable_pattern=settings.unreachable_pattern,
-                            failure_rate=settings.delivery_failure_rate, courier_time=settings.courier_time)
+                            failure_rate=settings.delivery_failure_rate, courier_time=settings.courier_time,
+                            silent_pattern=settings.silent_pattern)
     courier = Courier(policy, deliveries_by_order, app.publisher.publish, retention=settings.table_retention)
 
     app.agent_over("courier", courier.on_command, delivery_commands_topic)

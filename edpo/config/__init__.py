@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     unreachable_pattern: str = Field(
         "unreachable", description="Regex (case-insensitive): matching addresses always fail delivery"
     )
+    silent_pattern: str = Field(
+        "no news", description="Regex (case-insensitive): the courier of matching addresses never reports back, "
+        "so the delivery becomes overdue (empty: none)"
+    )
     delivery_failure_rate: float = Field(
         0, ge=0, le=1, description="Probability (0..1) that a delivery fails at random"
     )
@@ -116,7 +120,7 @@ class Settings(BaseSettings):
         2, ge=0, description="Seconds the process waits before retrying a failed delivery"
     )
     delivery_timeout: str = Field(
-        "PT1M", description="ISO 8601 duration: a delivery without news this long raises the user task "
+        "PT30S", description="ISO 8601 duration: a delivery without news this long raises the user task "
         "\"Resolve overdue delivery\" (dispatchers decide: retry, cancel or wait)",
     )
     stock_timeout: str = Field(

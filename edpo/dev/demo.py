@@ -12,6 +12,9 @@ from typing import Any
 from edpo.config import Settings
 
 FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
+ESCALATED = "courier silent: escalated to a dispatcher"
+CANCELLED_BY_CUSTOMER = "cancelled by the customer while it waits"
+OVERDUE_TASK = "resolve-overdue-delivery"
 
 SAMPLES = [
     ("in stock", {"customer_id": "ada", "delivery_address": "Bahnhofstrasse 1, 8001 Zurich",
@@ -22,6 +25,12 @@ SAMPLES = [
     ("unreachable address: retried, then compensated", {"customer_id": "linus",
                                                         "delivery_address": "Unreachable Alley 13",
                                                         "items": [{"sku": "HEADSET", "quantity": 1}]}),
+    # EDPO_SILENT_PATTERN matches: the courier never reports, the delivery becomes overdue.
+    (ESCALATED, {"customer_id": "barbara", "delivery_address": "No News Lane 4, Basel",
+                 "items": [{"sku": "CABLE", "quantity": 1}]}),
+    # Waits for the factory (DOCK is short), and the customer cancels meanwhile.
+    (CANCELLED_BY_CUSTOMER, {"customer_id": "edsger", "delivery_address": "Seefeldstrasse 9, Zurich",
+                             "items": [{"sku": "DOCK", "quantity": 3}]}),
 ]
 
 
@@ -54,8 +63,12 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
             return 1
         orders[reply["order_id"]] = (label, [])
         _out(f"placed {reply['order_id'][:8]}  {label}")
+        if label == CANCELLED_BY_CUSTOMER:
+            status, reply = _call("POST", f"{api}/orders/{reply['order_id']}/cancel")
+            _out(f"         POST /orders/{{id}}/cancel -> {status}")
     _out("")
     t0 = time.monotonic()
+    escalated: set[str] = set()
     while time.monotonic() - t0 < timeout:
         done = 0
         for order_id, (label, seen) in orders.items():
@@ -64,7 +77,13 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
                 seen.append(entry["status"])
                 detail = f"  ({entry['detail']})" if entry.get("detail") else ""
                 _out(f"{time.monotonic() - t0:6.1f}s  {order_id[:8]}  {entry['status']:16}{detail}")
-            done += order["status"] in FINAL
+            tasks = (order.get("process") or {}).get("user_tasks") or []
+            if order_id not in escalated and any(t["key"] == OVERDUE_TASK for t in tasks):
+                escalated.add(order_id)
+                seen.append("ESCALATED")
+                _out(f"{time.monotonic() - t0:6.1f}s  {order_id[:8]}  {'ESCALATED':16}  (task \"Resolve overdue "
+                     "delivery\" waits in Tasklist for the group dispatchers)")
+            done += order["status"] in FINAL or order_id in escalated
         if done == len(orders):
             break
         time.sleep(0.3)
@@ -80,6 +99,8 @@ Look around:
   Production        http://{h}:{settings.web_ports['factory']}/production
   Deliveries        http://{h}:{settings.web_ports['delivery']}/deliveries
   Camunda Cockpit   http://{h}:{settings.camunda_port}/camunda/app/cockpit/  (demo/demo)
-The stack keeps running; `make down` stops it.""")
-    unfinished = [o for o, (_, seen) in orders.items() if not seen or seen[-1] not in FINAL]
+  Camunda Tasklist  http://{h}:{settings.camunda_port}/camunda/app/tasklist/  (demo/demo, group dispatchers)
+The escalated order waits for you in Tasklist: claim "Resolve overdue delivery" and decide
+(retry, cancel or wait). The stack keeps running; `make down` stops it.""")
+    unfinished = [o for o, (_, seen) in orders.items() if not seen or seen[-1] not in FINAL | {"ESCALATED"}]
     return 1 if unfinished else 0

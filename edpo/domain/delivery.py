@@ -34,6 +34,7 @@ SOURCE = "delivery"
 UNREACHABLE = "address unreachable"
 RANDOM_FAILURE = "courier failed (random)"
 CANCELLED = "order cancelled"
+SILENCE = 10 * 365 * 24 * 3600.0  # a silent courier's trip: ten years
 
 
 class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +43,14 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     unreachable_pattern: str
     failure_rate: float
     courier_time: float
+    # Addresses whose courier never reports back (the overdue-delivery escalation's case).
+    silent_pattern: str = ""
+
+    def trip_time(self, address: str) -> float:
+        """Seconds until the courier reports: courier_time, or practically never for a silent address."""
+        if self.silent_pattern and re.search(self.silent_pattern, address, re.IGNORECASE):
+            return SILENCE
+        return self.courier_time
 
     def will_fail(self, address: str, roll: float) -> str:
         """The failure reason for this address and dice roll (0 <= roll < 1), or "" for success."""
@@ -89,7 +98,7 @@ class Delivery(msgspec.Struct, kw_only=True):
             ]
         self.attempts[str(cmd.attempt)] = Attempt(
             status="in_transit",
-            due_at=now + policy.courier_time,
+            due_at=now + policy.trip_time(address),
             failure=policy.will_fail(address, roll),
             address=address,
             trace_id=cmd.trace_id or cmd.id,

@@ -297,3 +297,12 @@ def test_withdrawn_and_closed_delivery_survives_a_json_round_trip() -> None:
     restored = msgspec.json.decode(msgspec.json.encode(delivery), type=Delivery)
     assert restored == delivery and restored.closed
     assert [e.id for e in restored.withdraw(withdraw(final=True), 2.0)] == [e.id for e in first]
+
+
+def test_a_silent_address_keeps_its_courier_on_the_road_until_withdrawn() -> None:
+    from edpo.domain.delivery import SILENCE, DeliveryPolicy
+
+    policy = DeliveryPolicy(unreachable_pattern="", failure_rate=0, courier_time=1, silent_pattern="no news")
+    assert policy.trip_time("No News Lane 4") == SILENCE
+    assert policy.trip_time("Main Street 1") == 1
+    assert DeliveryPolicy(unreachable_pattern="", failure_rate=0, courier_time=1).trip_time("no news") == 1

@@ -16,3 +16,16 @@ def test_readme_configuration_table_lists_every_setting() -> None:
 
 def test_message_catalog_matches_the_declared_topics() -> None:
     assert (ROOT / "docs" / "messages.md").read_text() == catalog_markdown(), "run `make docs`"
+
+
+def test_timeouts_are_iso_8601_durations_the_engine_can_parse() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from edpo.config import Settings
+
+    for good in ("PT30S", "PT1.5S", "P1D", "PT5M", "P1DT2H"):
+        assert Settings(delivery_timeout=good, stock_timeout=good, order_deadline=good).delivery_timeout == good
+    for bad in ("30s", "P", "PT", "P1DT", "5"):
+        with pytest.raises(ValidationError, match="ISO 8601"):
+            Settings(delivery_timeout=bad)
