@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,7 +42,8 @@ from edpo.models import Line
 logger = logging.getLogger(__name__)
 
 TaskHandler = Callable[[ExternalTask], Awaitable[TaskResult]]
-# Failures before a task becomes an incident, and the pause between them.
+# Tries before a task becomes an incident, and the pause between them (EDPO_TASK_RETRIES,
+# EDPO_TASK_RETRY_BACKOFF).
 TASK_RETRIES = 3
 TASK_RETRY_TIMEOUT_MS = 5000
 
@@ -164,7 +166,7 @@ class TaskWorker(mode.Service):
     """Polls the engine for one service's external-task topics and runs their handlers concurrently."""
 
     def __init__(self, engine: Engine, worker_id: str, handlers: dict[str, TaskHandler], *, lock_seconds: float,
-                 batch: int, pollers: int, retry_timeout_ms: int = TASK_RETRY_TIMEOUT_MS,
+                 batch: int, pollers: int, retries: int = TASK_RETRIES, retry_timeout_ms: int = TASK_RETRY_TIMEOUT_MS,
                  failpoint: Callable[[str], None] = lambda point: None) -> None:
         super().__init__()
         self.failpoint = failpoint
@@ -174,6 +176,7 @@ class TaskWorker(mode.Service):
         self.lock_ms = int(lock_seconds * 1000)
         self.batch = batch
         self.pollers = pollers
+        self.retries = retries
         self.retry_timeout_ms = retry_timeout_ms
         self._workers: list[BatchWorker] = []
 
@@ -209,8 +212,9 @@ class TaskWorker(mode.Service):
                 return result
             except Exception as e:  # noqa: BLE001 - becomes a retry, then an incident
                 logger.warning("task %s for %s failed: %s", task.get_topic_name(), task.get_business_key(), e)
-                return task.failure(type(e).__name__, str(e), max_retries=TASK_RETRIES - 1,
-                                    retry_timeout=self.retry_timeout_ms)
+                # The message is what Cockpit lists with the incident; the details hold the trace.
+                return task.failure(f"{type(e).__name__}: {e}"[:500], traceback.format_exc(),
+                                    max_retries=self.retries - 1, retry_timeout=self.retry_timeout_ms)
             finally:
                 keeper.cancel()
 

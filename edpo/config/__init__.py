@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     task_lock: float = Field(
         10, gt=0, description="Seconds an external task stays locked; renewed while its handler runs (a crashed worker's tasks return after it)"
     )
+    task_retries: int = Field(
+        3, ge=1, description="Times an external task is tried before it becomes an incident in Cockpit (a handler "
+        "that cannot do its job: a server down, a command never acknowledged)",
+    )
+    task_retry_backoff: float = Field(
+        5, ge=0, description="Seconds the engine waits before handing a failed external task out again",
+    )
     tick: float = Field(
         0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
     )

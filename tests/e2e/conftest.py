@@ -109,4 +109,4 @@ async def ended_at(engine: Engine, order_id: str, timeout: float = 30) -> list[s
         lambda h: len(h) == 1 and h[0]["state"] == "COMPLETED", timeout, f"process of {order_id} to complete",
     )
     acts = await engine.activity_history(history[0]["id"])
-    return [a["activityId"] for a in acts if a["activityType"] == "noneEndEvent"]
+    return [a["activityId"] for a in acts if a["activityType"] in ("noneEndEvent", "terminateEndEvent")]
