@@ -55,6 +55,11 @@ from edpo.camunda.engine import Engine  # noqa: E402
 from edpo.config import SERVICES, Settings  # noqa: E402
 
 FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
+# How long a scenario may take to drain and the stock to settle before the next one. Generous:
+# a slow CI machine took minutes after kill -9 postgres where this one takes seconds; only a
+# failing run waits this long.
+DRAIN_S = 420.0
+SETTLE_S = 300.0
 UNREACHABLE = "Unreachable Road 9, Nowhere"
 
 
@@ -323,7 +328,7 @@ Fault = Callable[[], Awaitable[dict[str, float]]]
 
 async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: int = 25, rate: float = 5.0,
                        fault_after: int = 6, receipts: int = 1, factories: int = 1,
-                       timeout: float = 240, arm: Callable[[], Awaitable[Any]] | None = None) -> Outcome:
+                       timeout: float = DRAIN_S, arm: Callable[[], Awaitable[Any]] | None = None) -> Outcome:
     """Wait until nothing is in flight, `arm` the fault if it needs preparing, place `orders`
     at `rate`/s, inject `fault` after `fault_after` of them (it returns its
     recovery figures), wait until every order is final and the stock settled, then assert the
@@ -331,7 +336,10 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
             Engine(settings.camunda_url) as engine:
         traffic = Traffic(settings, http)
-        await until(lambda: _idle(traffic), 180, "the stock to settle before the scenario")
+        try:
+            await until(lambda: _idle(traffic), SETTLE_S, "the stock to settle before the scenario")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the stock: {await _unsettled(traffic)}") from None
         before = await traffic.books(factories)
         if arm is not None:  # e.g. restart a worker with a failpoint, once nothing is in flight
             # Finished orders leave the tables EDPO_TABLE_RETENTION after they end, with a few
@@ -391,7 +399,9 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
                     continue
                 stuck[p.order_id] = ((await traffic.status(p.order_id) or {}).get("status"),
                                      await _where(engine, p.order_id))
-            raise AssertionError(f"{name}: {len(stuck)} of {len(placed)} orders stuck: {stuck}") from None
+            clues = {oid: await _clues(traffic, oid) for oid in list(stuck)[:3]}
+            raise AssertionError(f"{name}: {len(stuck)} of {len(placed)} orders stuck: {stuck}\n"
+                                 f"what the services know of the first ones: {json.dumps(clues, indent=1)}") from None
         outcome.recovery["drain_s"] = round(time.monotonic() - t_fault_over, 1)
 
         wrong = {p.order_id: (p.path, outcome.statuses[p.order_id]) for p in placed
@@ -452,6 +462,50 @@ async def _where(engine: Engine, order_id: str) -> list[str]:
         incidents = await engine.request("GET", "/incident", params={"processInstanceId": inst["id"]})
         found += [f"incident: {i.get('incidentMessage')}" for i in incidents]
     return found or ["no running instance"]
+
+
+async def _clues(traffic: Traffic, order_id: str) -> dict[str, Any]:
+    """The order as the warehouse, the courier and the factory see it, and its process inbox."""
+    h = traffic.s.host
+    found: dict[str, Any] = {}
+    for name, url in (("reservation", f"http://{h}:{traffic.s.warehouse_port}/reservations/{order_id}"),
+                      ("delivery", f"http://{h}:{traffic.s.delivery_port}/deliveries/{order_id}"),
+                      ("order", f"{traffic.orders}/orders/{order_id}")):
+        try:
+            async with traffic.http.get(url) as r:
+                found[name] = await r.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+            found[name] = repr(e)
+    found["inbox"] = await _inbox(traffic.s, order_id)
+    found["production"] = await _unsettled(traffic, production=True)
+    return found
+
+
+async def _inbox(settings: Settings, order_id: str) -> list[dict[str, Any]]:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=5)
+    except (OSError, asyncpg.PostgresError) as e:
+        return [{"error": repr(e)}]
+    try:
+        rows = await conn.fetch("SELECT event_id, message_name, state, attempts, last_error FROM process_inbox"
+                                " WHERE order_id = $1 ORDER BY received_at", order_id)
+        return [dict(r) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def _unsettled(traffic: Traffic, production: bool = False) -> Any:
+    """SKUs with units reserved or orders waiting (or the factory's lines): what a settle wait saw."""
+    h = traffic.s.host
+    try:
+        if production:
+            return (await traffic.get_json(f"http://{h}:{traffic.s.web_port('factory', 1)}/production"))["lines"]
+        stock = (await traffic.get_json(f"http://{h}:{traffic.s.warehouse_port}/stock"))["stock"]
+        return [r for r in stock if r["reserved"] or r["waiting"]]
+    except (TimeoutError, aiohttp.ClientError, AssertionError) as e:
+        return repr(e)
 
 
 async def _idle(traffic: Traffic) -> bool:
