@@ -54,8 +54,10 @@ class Api:
         assert status == 201, reply
         return reply
 
-    async def order(self, order_id: str) -> dict:
-        status, reply = await self.call("GET", f"{self.orders}/orders/{order_id}")
+    async def order(self, order_id: str, process: bool = True) -> dict:
+        """GET /orders/{id}; process=False skips the engine lookup (for polling loops)."""
+        params = {} if process else {"process": "false"}
+        status, reply = await self.call("GET", f"{self.orders}/orders/{order_id}", params=params)
         assert status == 200, reply
         return reply
 
@@ -73,8 +75,9 @@ class Api:
         return sum(line["produced_total"] for line in reply["lines"] if line["sku"] == sku)
 
     async def wait_final(self, order_id: str, timeout: float = 120) -> dict:
-        return await eventually(lambda: self.order(order_id), lambda o: o["status"] in FINAL, timeout,
-                                f"order {order_id} to reach a final status")
+        await eventually(lambda: self.order(order_id, process=False), lambda o: o["status"] in FINAL, timeout,
+                         f"order {order_id} to reach a final status")
+        return await self.order(order_id)
 
 
 async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float, what: str,

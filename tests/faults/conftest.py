@@ -290,7 +290,7 @@ class Traffic:
 
     async def status(self, order_id: str) -> dict[str, Any] | None:
         try:
-            async with self.http.get(f"{self.orders}/orders/{order_id}") as r:
+            async with self.http.get(f"{self.orders}/orders/{order_id}", params={"process": "false"}) as r:
                 return await r.json() if r.status == 200 else None
         except (TimeoutError, aiohttp.ClientError):
             return None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edpo.camunda.engine import Engine, variables
-from tests.integration.isolated_process import model_copy
+from tests.integration.isolated_process import QUIET_DEADLINES, model_copy
 
 
 @dataclass
@@ -32,7 +32,8 @@ class OwnProcess:
 
     async def start_variables(self, order_id: str) -> dict[str, Any]:
         return {"order_id": order_id, "delivery_address": "Main Street 1", "lines": [{"sku": "A", "quantity": 1}],
-                "max_delivery_attempts": 3, "delivery_retry_backoff": "PT0S", "delivery_attempt": 0}
+                "max_delivery_attempts": 3, "delivery_retry_backoff": "PT0S", "delivery_attempt": 0,
+                **QUIET_DEADLINES}
 
     async def complete(self, topic: str, order_id: str, values: dict[str, Any] | None = None,
                        timeout: float = 30) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from edpo.models import DeadLetter, OrderAccepted, StockReserved, encode
 from edpo.topics import dead_letters_topic, route
-from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, TOPIC_PREFIX
+from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, QUIET_DEADLINES, TOPIC_PREFIX
 
 
 @pytest.fixture
@@ -55,7 +55,8 @@ async def test_early_event_waits_for_the_process_and_a_duplicate_correlates_once
     async with Engine(servers.camunda_url) as engine:
         async def start_vars(oid: str) -> dict[str, Any]:
             return {"order_id": oid, "delivery_address": "Main Street 1", "lines": [{"sku": "A", "quantity": 1}],
-                    "max_delivery_attempts": 3, "delivery_retry_backoff": "PT0S", "delivery_attempt": 0}
+                    "max_delivery_attempts": 3, "delivery_retry_backoff": "PT0S", "delivery_attempt": 0,
+                    **QUIET_DEADLINES}
 
         async def deploy() -> None:
             await engine.deploy(DEPLOYMENT, BPMN)

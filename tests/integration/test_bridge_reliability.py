@@ -393,7 +393,8 @@ async def test_a_correlation_whose_instance_moved_on_is_not_left_pending_when_it
     row = await _correlated(bridge, pool, reserved.id)
     assert effect_mark(row) == "edpo_event_StockReserved"
     assert await process.engine.variable(instance["id"], "edpo_event_StockReserved") == reserved.id
-    assert await process.engine.waiting_messages(instance["id"]) == [], "moved on to packing"
+    # Moved on to packing: it only listens for a customer's cancellation, as every running instance does.
+    assert await process.engine.waiting_messages(instance["id"]) == ["CancelRequested"], "moved on to packing"
 
     await _lose_the_answer(pool, reserved.id)
     await bridge.work_once()
@@ -404,3 +405,35 @@ async def test_a_correlation_whose_instance_moved_on_is_not_left_pending_when_it
     assert await _dead_letters(pool) == []
     [running] = await process.engine.process_instances(process.key, order_id)
     assert running["id"] == instance["id"]
+
+
+async def test_news_for_a_final_order_whose_instance_ended_is_done_not_dead_lettered(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    """A courier's outcome racing a cancellation, or a cancellation of an order the warehouse
+    rejected: nothing waits for it any more and nothing is lost, so no dead letter."""
+    from edpo.agents.order.bridge import cancel_row_id, record_cancel
+
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await bridge.work_once()
+    [instance] = await process.engine.process_instances(process.key, order_id)
+    await process.engine.delete_instance(instance["id"])
+    await pool.execute("INSERT INTO orders (order_id, customer_id, delivery_address, status, status_rank)"
+                       " VALUES ($1, 'c', 'a', 'CANCELLED', 9500)", order_id)
+    late = DeliveryCompleted(source="test", order_id=order_id, attempt=1)
+    assert await _record(pool, late)
+    await bridge.work_once()
+    row = await _row(pool, late.id)
+    assert row["state"] == "correlated" and "CANCELLED" in row["last_error"], dict(row)
+
+    rejected = _order_id()  # never had an instance
+    await pool.execute("INSERT INTO orders (order_id, customer_id, delivery_address, status, status_rank)"
+                       " VALUES ($1, 'c', 'a', 'REJECTED', 9500)", rejected)
+    async with pool.acquire() as conn:
+        await record_cancel(conn, rejected, "the customer cancelled it", "")
+    await bridge.work_once()
+    row = await _row(pool, cancel_row_id(rejected))
+    assert row["state"] == "correlated" and "REJECTED" in row["last_error"], dict(row)
+    assert await _dead_letters(pool) == []

@@ -185,4 +185,4 @@ async def test_task_worker_runs_a_whole_batch_and_a_failing_handler_ends_as_an_i
     assert calls["a"] == calls["b"] == calls["c"] == 1, "each task ran once"
     assert calls["bad"] == TASK_RETRIES, "a failing handler is tried TASK_RETRIES times"
     assert incidents and incidents[0]["incidentType"] == "failedExternalTask"
-    assert incidents[0]["incidentMessage"] == "ValueError", "the error's type names the incident"
+    assert incidents[0]["incidentMessage"] == "ValueError: no such thing", "the error's type and text name the incident"

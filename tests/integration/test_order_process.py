@@ -16,7 +16,7 @@ import pytest
 
 from edpo.camunda.engine import Engine, EngineError, variables
 from edpo.config import Settings
-from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, TOPIC_PREFIX
+from tests.integration.isolated_process import BPMN, DEPLOYMENT, KEY, QUIET_DEADLINES, TOPIC_PREFIX
 
 TIMEOUT = 30.0
 
@@ -43,6 +43,7 @@ class Order:
                 "lines": LINES,
                 "max_delivery_attempts": 3,
                 "delivery_retry_backoff": "PT0S",
+                **QUIET_DEADLINES,
             },
         )
         self.instance_id = started["id"]
@@ -128,7 +129,7 @@ class Order:
             history = await self.engine.history_instances(KEY, self.business_key)
             if history and history[0]["state"] != "ACTIVE":
                 assert history[0]["state"] == "COMPLETED", history[0]
-                return [a["activityId"] for a in await self.activities() if a["activityType"] == "noneEndEvent"]
+                return [a["activityId"] for a in await self.activities() if a["activityType"] in ("noneEndEvent", "terminateEndEvent")]
             await asyncio.sleep(0.1)
         raise AssertionError(f"{self.business_key} did not finish within {TIMEOUT}s")
 

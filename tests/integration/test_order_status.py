@@ -177,3 +177,41 @@ async def test_every_event_of_an_order_applied_at_once_and_twice_still_folds_to_
     stored = [len(await _history(store, order_id)) - 1 for order_id in orders]
     assert len(changed) == sum(stored), \
         "record_event reported a change that was not stored, or stored one it did not report"
+
+
+async def test_cancellation_is_accepted_until_shipped_once_however_often_asked(store: OrderStore) -> None:
+    """POST /orders/{id}/cancel's decision on real PostgreSQL: accepted while nothing shipped,
+    one inbox row for the process however many concurrent requests, refused with the reason
+    once the courier has the goods or the order is final."""
+    assert await store.request_cancel("no-such-order", "the customer cancelled it") == ("unknown", None)
+
+    waiting = await _new_order(store)
+    await store.record_event(OrderAccepted(source="test", order_id=waiting))
+    await store.record_event(StockPartiallyReserved(source="test", order_id=waiting,
+                                                    missing=[Line(sku="CABLE", quantity=1)]))
+    answers = await asyncio.gather(*(store.request_cancel(waiting, "the customer cancelled it") for _ in range(8)))
+    assert {outcome for outcome, _ in answers} == {"accepted"}
+    assert len({order["cancel_requested_at"] for _, order in answers}) == 1  # type: ignore[index]
+    rows = await (await store.pool()).fetch(
+        "SELECT message_name, variables FROM process_inbox WHERE event_id = $1", f"cancel:{waiting}")
+    assert [r["message_name"] for r in rows] == ["CancelRequested"]
+    sent = json.loads(rows[0]["variables"])
+    assert sent["cancel_reason"] == "the customer cancelled it" and "AWAITING_STOCK" in sent["order_history"]
+    assert await _status(store, waiting) == "AWAITING_STOCK"  # CANCELLED only once the process compensated
+    await store.cancel(waiting, "the customer cancelled it", "order")
+    outcome, found = await store.request_cancel(waiting, "the customer cancelled it")
+    assert outcome == "conflict" and found == {"reason": "the order is cancelled already", "status": "CANCELLED"}
+
+    shipped = await _new_order(store)
+    for event in (OrderAccepted(source="test", order_id=shipped), StockReserved(source="test", order_id=shipped),
+                  GoodsPacked(source="test", order_id=shipped), DeliveryStarted(source="test", order_id=shipped,
+                                                                                attempt=1)):
+        await store.record_event(event)
+    outcome, found = await store.request_cancel(shipped, "the customer cancelled it")
+    assert outcome == "conflict" and found["status"] == "SHIPPED" and "courier" in found["reason"]  # type: ignore[index]
+    # Between attempts (the courier came back) the goods are in the warehouse again: cancellable.
+    await store.record_event(DeliveryFailed(source="test", order_id=shipped, attempt=1, reason="nobody home"))
+    assert (await store.request_cancel(shipped, "the customer cancelled it"))[0] == "accepted"
+    assert await (await store.pool()).fetchval(
+        "SELECT count(*) FROM process_inbox WHERE order_id = ANY($1) AND message_name = 'CancelRequested'",
+        [waiting, shipped]) == 2

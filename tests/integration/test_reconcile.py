@@ -374,7 +374,7 @@ async def test_an_order_waiting_for_the_rest_of_its_stock_asks_again_without_rec
     await process.complete("request-replenishment", order_id)
 
     async def waits_for_stock_only() -> bool:
-        return await process.engine.waiting_messages(instance) == ["StockReserved"]
+        return sorted(await process.engine.waiting_messages(instance)) == ["CancelRequested", "StockReserved"]
 
     await _until(waits_for_stock_only, "the wait for the rest of the stock")
 

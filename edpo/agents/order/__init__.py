@@ -39,6 +39,7 @@ from edpo.topics import delivery_events_topic, warehouse_events_topic
 logger = logging.getLogger(__name__)
 SOURCE = "order"
 DISPATCHERS = "dispatchers"  # candidate group of the process's user tasks
+PROCESS_VIEW_TIMEOUT = 3.0  # seconds GET /orders/{id} waits for the engine before answering without `process`
 
 
 class Orders:
@@ -226,14 +227,15 @@ def create_app(settings: Settings) -> ServiceApp:
                 return unavailable(self, e)
             if order is None:
                 return error_json(self, 404, "order_id", f"no order {order_id!r}")
-            order["process"] = await process_of(order_id)
+            if request.query.get("process", "true").lower() not in ("false", "0", "no"):
+                order["process"] = await process_of(order_id)
             return self.json(order)
 
     async def process_of(order_id: str) -> dict[str, Any] | None:
         """The order's process instance as the engine sees it; None (and a warning) when the
         engine cannot say: the order itself is still served."""
         try:
-            return await app.engine.process_view(ORDER_FULFILMENT, order_id)
+            return await asyncio.wait_for(app.engine.process_view(ORDER_FULFILMENT, order_id), PROCESS_VIEW_TIMEOUT)
         except Exception as e:  # noqa: BLE001 - engine away or slow: the order without its process
             logger.warning("order API: process of %s unavailable (%s: %s)", order_id, type(e).__name__, e)
             return None
