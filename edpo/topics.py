@@ -127,8 +127,10 @@ def route(msg: m.Message) -> tuple[TopicSpec, str]:
     return spec, getattr(msg, spec.key) or ""
 
 
-async def ensure_topics(bootstrap: str, partitions: int, extra: tuple[str, ...] = ()) -> list[str]:
-    """Create missing topics with the configured partition count; returns the names created."""
+async def ensure_topics(bootstrap: str, partitions: int, extra: tuple[str, ...] = (),
+                        compacted: tuple[str, ...] = ()) -> list[str]:
+    """Create missing topics with the configured partition count (`compacted` ones with
+    cleanup.policy=compact, as Faust makes table changelogs); returns the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -136,11 +138,13 @@ async def ensure_topics(bootstrap: str, partitions: int, extra: tuple[str, ...] 
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [t.name for t in ALL_TOPICS] + list(extra)
+        wanted = [t.name for t in ALL_TOPICS] + list(extra) + list(compacted)
         missing = [n for n in wanted if n not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+                await admin.create_topics([
+                    NewTopic(n, partitions, 1, topic_configs={"cleanup.policy": "compact"} if n in compacted else {})
+                    for n in missing])
             except TopicAlreadyExistsError:
                 pass  # another worker won the race
             logger.info("created topics %s", missing)

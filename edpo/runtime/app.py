@@ -24,7 +24,8 @@ from edpo.runtime.consume import Handler, consume
 from edpo.runtime.failpoints import Failpoints
 from edpo.runtime.publish import Publisher, raw_topic
 from edpo.runtime.tables import StructTable, T
-from edpo.topics import TopicSpec
+from edpo.runtime.retry import STARTUP
+from edpo.topics import TopicSpec, ensure_topics
 
 logger = logging.getLogger(__name__)
 # Seconds a readiness check may take before /health counts it as not passed.
@@ -218,6 +219,13 @@ def error_json(web: Any, status: int, field: str, message: str) -> Any:
 
 def run_worker(app: ServiceApp) -> int:
     """Run the app's Faust worker in the foreground until it is stopped."""
+    # Faust creates its tables' changelog topics while its consumer subscribes to them. On a
+    # fresh cluster under load the subscription saw them missing, and Faust then refused every
+    # table write (PartitionsMismatch: "0 partitions") until the consumer's metadata was
+    # refreshed, minutes later. Created beforehand, compacted as Faust would, they are there.
+    changelogs = tuple(table.changelog_topic_name for table in app.tables.values())
+    asyncio.run(STARTUP.retry("changelog topics", lambda: ensure_topics(
+        app.settings.kafka_bootstrap, app.settings.partitions, compacted=changelogs)))
     level = app.settings.log_level.replace("warning", "warn")
     faust.Worker(app, loglevel=level).execute_from_commandline()
     return 0
