@@ -39,7 +39,7 @@ class Client:
             return reply["order_id"]
 
     async def status(self, order_id: str) -> str:
-        async with self.http.get(f"{self.orders}/orders/{order_id}") as r:
+        async with self.http.get(f"{self.orders}/orders/{order_id}", params={"process": "false"}) as r:
             return (await r.json())["status"]
 
     async def delivered(self) -> set[str]:
