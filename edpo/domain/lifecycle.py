@@ -41,7 +41,8 @@ RESERVED        -> PACKED (GoodsPacked)
 PACKED          -> SHIPPED (DeliveryStarted, attempt 1)
 SHIPPED n       -> DELIVERED (DeliveryCompleted) | DELIVERY_FAILED n (DeliveryFailed)
 DELIVERY_FAILED n -> SHIPPED n+1 (DeliveryStarted, the retry)
-any non-terminal -> CANCELLED (OrderCancelled: out of attempts, or compensation)
+any non-terminal -> CANCELLED (OrderCancelled: out of attempts, a dispatcher's or the customer's
+                   cancellation, once the goods are back; customers only before SHIPPED)
 
 Every status has a rank; an event moves an order only to a higher rank, so a late or
 repeated event never moves it back (a DeliveryStarted of attempt 1 arriving after its
