@@ -140,3 +140,23 @@ async def test_a_service_that_does_not_answer_becomes_an_incident_and_a_retry_fi
             await asyncio.to_thread(start_worker, stack, "delivery", 1)
         await asyncio.to_thread(warehouse.stop)
         await asyncio.to_thread(start_worker, stack, "warehouse", 1)
+
+
+async def test_edpo_order_cancel_cancels_a_waiting_order_and_says_why_it_cannot_cancel_twice(api: Api) -> None:
+    import subprocess
+    import sys
+
+    def edpo(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edpo.cli", "order", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    order = await api.place([("DOCK", (await api.stock("DOCK"))["available"] + 50)])
+    await eventually(lambda: api.order(order["order_id"], process=False), lambda o: o["status"] == "AWAITING_STOCK",
+                     60, "the order to wait for stock")
+    done = await asyncio.to_thread(edpo, "cancel", order["order_id"])
+    assert done.returncode == 0 and "accepted" in done.stdout, done
+    assert (await api.wait_final(order["order_id"], timeout=60))["status"] == "CANCELLED"
+    again = await asyncio.to_thread(edpo, "cancel", order["order_id"])
+    assert again.returncode == 1 and "cancelled already" in again.stdout, again
+    unknown = await asyncio.to_thread(edpo, "cancel", "no-such-order")
+    assert unknown.returncode == 1 and "no order" in unknown.stdout, unknown
