@@ -51,9 +51,12 @@ demo: up
 	@$(EDPO) demo
 
 # Short simulated durations for the suite (they also apply to the stack `up` starts here).
-test: export EDPO_FACTORY_LEAD_TIME ?= 1
-test: export EDPO_COURIER_TIME ?= 0.5
-test: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
+test test-e2e: export EDPO_FACTORY_LEAD_TIME ?= 1
+test test-e2e: export EDPO_COURIER_TIME ?= 0.5
+test test-e2e: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
+# Deadlines of seconds: the escalation tests raise dispatcher tasks without waiting minutes.
+test test-e2e: export EDPO_DELIVERY_TIMEOUT ?= PT5S
+test test-e2e: export EDPO_STOCK_TIMEOUT ?= PT5S
 test: up
 	@$(BIN)/pytest -q -rfE
 
