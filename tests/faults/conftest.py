@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import subprocess
 import time
@@ -212,10 +213,16 @@ class Placed:
     order_id: str
     path: str  # "stock", "backorder" or "unreachable"
     items: list[dict[str, Any]]
+    cancel: int | None = None  # what POST /orders/{id}/cancel answered, if the customer cancelled
 
     @property
     def expected(self) -> str:
         return "CANCELLED" if self.path == "unreachable" else "DELIVERED"
+
+    @property
+    def allowed(self) -> set[str]:
+        """A cancellation accepted (202) races the courier: either end is right, never both."""
+        return {self.expected, "CANCELLED"} if self.cancel == 202 else {self.expected}
 
 
 PATHS: list[tuple[str, list[dict[str, Any]], str]] = [
@@ -259,6 +266,25 @@ class Traffic:
         body = {"customer_id": f"faults-{tag}", "delivery_address": address, "items": items}
         reply = await self._post(f"{self.orders}/orders", body, f"{tag}-{n}-{time.time_ns()}", 201)
         return Placed(reply["order_id"], path, items)
+
+    async def cancel(self, placed: Placed) -> None:
+        """The customer cancels (retried while the order service or its database is away)."""
+        url = f"{self.orders}/orders/{placed.order_id}/cancel"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                async with self.http.post(url) as r:
+                    text = await r.text()
+                    if r.status in (202, 409):
+                        placed.cancel = r.status
+                        return
+                    assert r.status == 503, f"POST {url} answered {r.status}: {text}"
+                    last = f"{r.status} {text}"
+            except (TimeoutError, aiohttp.ClientError) as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"POST {url} failed for 120 s: {last}")
+            await asyncio.sleep(0.5)
 
     async def receive(self, sku: str, quantity: int, key: str) -> None:
         """Goods received (a receipt with its Idempotency-Key)."""
@@ -328,7 +354,8 @@ Fault = Callable[[], Awaitable[dict[str, float]]]
 
 async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: int = 25, rate: float = 5.0,
                        fault_after: int = 6, receipts: int = 1, factories: int = 1,
-                       timeout: float = DRAIN_S, arm: Callable[[], Awaitable[Any]] | None = None) -> Outcome:
+                       timeout: float = DRAIN_S, arm: Callable[[], Awaitable[Any]] | None = None,
+                       cancel_share: float = 0.0) -> Outcome:
     """Wait until nothing is in flight, `arm` the fault if it needs preparing, place `orders`
     at `rate`/s, inject `fault` after `fault_after` of them (it returns its
     recovery figures), wait until every order is final and the stock settled, then assert the
@@ -350,12 +377,22 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
         received: dict[str, int] = {}
         fault_started = asyncio.Event()
 
+        rng = random.Random(len(name))
+        cancels: list[asyncio.Task[None]] = []
+
+        async def cancel_later(order: Placed) -> None:
+            await asyncio.sleep(rng.uniform(0, 4))
+            await traffic.cancel(order)
+
         async def place_all() -> None:
             for n in range(orders):
                 if n == fault_after:
                     fault_started.set()
                 placed.append(await traffic.place(n, name))
+                if rng.random() < cancel_share:  # the customer changes their mind at some moment
+                    cancels.append(asyncio.create_task(cancel_later(placed[-1])))
                 await asyncio.sleep(1 / rate)
+            await asyncio.gather(*cancels)
             run = time.time_ns()
             for r in range(receipts):  # a receipt, sent twice with its key: booked once
                 key = f"{name}-{run}-receipt-{r}"
@@ -403,9 +440,12 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
             raise AssertionError(f"{name}: {len(stuck)} of {len(placed)} orders stuck: {stuck}\n"
                                  f"what the services know of the first ones: {json.dumps(clues, indent=1)}") from None
         outcome.recovery["drain_s"] = round(time.monotonic() - t_fault_over, 1)
+        if cancel_share:
+            outcome.recovery["cancels_accepted"] = sum(p.cancel == 202 for p in placed)
+            outcome.recovery["cancels_refused"] = sum(p.cancel == 409 for p in placed)
 
-        wrong = {p.order_id: (p.path, outcome.statuses[p.order_id]) for p in placed
-                 if outcome.statuses[p.order_id] != p.expected}
+        wrong = {p.order_id: (p.path, p.cancel, outcome.statuses[p.order_id]) for p in placed
+                 if outcome.statuses[p.order_id] not in p.allowed}
         assert not wrong, f"{name}: orders ended in the wrong status: {wrong}"
 
         # Exactly once: one DELIVERED (or CANCELLED) in each history, one process instance per order.
@@ -413,7 +453,7 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
             order = await traffic.status(p.order_id)
             assert order is not None
             finals = [h["status"] for h in order["history"] if h["status"] in FINAL]
-            assert finals == [p.expected], f"{name}: order {p.order_id} history {order['history']}"
+            assert finals == [outcome.statuses[p.order_id]], f"{name}: order {p.order_id} history {order['history']}"
 
         async def one_finished_instance_each() -> bool:
             for p in placed:

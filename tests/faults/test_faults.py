@@ -75,6 +75,24 @@ async def test_server_killed_mid_flow_loses_and_doubles_nothing(stack: Stack, se
     await run_scenario(stack.s, f"kill -9 {server}", fault, fault_after=8, orders=30)
 
 
+async def test_customers_cancelling_while_the_warehouse_and_the_courier_are_killed(stack: Stack) -> None:
+    """Half the customers cancel at a random moment while the warehouse and delivery workers
+    are killed with -9 and restarted: an accepted cancellation ends CANCELLED (goods back) or,
+    when the courier was first, DELIVERED, never both; a refused one (409) ends as it would
+    have; every unit is accounted for."""
+    async def fault() -> dict[str, float]:
+        stack.kill_worker("warehouse")
+        stack.kill_worker("delivery")
+        await asyncio.sleep(2)
+        t0 = time.monotonic()
+        await asyncio.gather(stack.start_worker("warehouse"), stack.start_worker("delivery"))
+        return {"restart_ready_s": round(time.monotonic() - t0, 1)}
+
+    outcome = await run_scenario(stack.s, "customers cancel; kill -9 warehouse and delivery", fault, fault_after=8,
+                                 orders=30, cancel_share=0.5)
+    assert outcome.recovery["cancels_accepted"] >= 5, outcome.recovery  # the scenario exercised cancellation
+
+
 async def test_second_workers_join_and_one_leaves_mid_flow(stack: Stack) -> None:
     async def fault() -> dict[str, float]:
         t0 = time.monotonic()

@@ -437,3 +437,47 @@ async def test_news_for_a_final_order_whose_instance_ended_is_done_not_dead_lett
     row = await _row(pool, cancel_row_id(rejected))
     assert row["state"] == "correlated" and "REJECTED" in row["last_error"], dict(row)
     assert await _dead_letters(pool) == []
+
+
+async def test_an_event_never_overtakes_an_older_one_of_its_order_that_failed_for_a_technical_reason(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    """Found by kill -9 postgres: StockPartiallyReserved failed against an engine whose database
+    had just restarted; StockReserved, which came later, went through first; the process skipped
+    "Request replenishment" and the units it took from the queue were never made again, so the
+    last order waiting for that SKU waited forever. Now the partial is held and goes first."""
+    from edpo.models import Line, StockPartiallyReserved
+
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await _correlated(bridge, pool, start_row_id(order_id))
+    await process.complete("reserve-stock", order_id)  # the instance waits: partial or full?
+
+    partial = StockPartiallyReserved(source="test", order_id=order_id, missing=[Line(sku="A", quantity=2)])
+    assert await _record(pool, partial)
+    async with Engine(f"http://{servers.host}:9") as away:  # nothing listens: the engine is away
+        broken = ProcessBridge(servers, pool, away, process.start_variables, process.deploy,
+                               process_key=process.key)
+        await broken.work_once()
+    row = await _row(pool, partial.id)
+    assert (row["state"], row["held"]) == ("pending", True), dict(row)
+
+    full = StockReserved(source="test", order_id=order_id)  # came later; due now, the partial is not
+    assert await _record(pool, full)
+    await pool.execute("UPDATE process_inbox SET next_try_at = now() + interval '1 hour' WHERE event_id = $1",
+                       partial.id)
+    await bridge.work_once()
+    row = await _row(pool, full.id)
+    assert (row["state"], row["attempts"]) == ("pending", 0), "it waits behind the held partial"
+
+    await pool.execute("UPDATE process_inbox SET next_try_at = now() WHERE event_id = $1", partial.id)
+    row = await _correlated(bridge, pool, partial.id)
+    assert not row["held"]
+    await process.complete("request-replenishment", order_id)  # the process asked the factory
+    await _correlated(bridge, pool, full.id)  # then the rest of the stock arrived
+    await process.complete("pack-goods", order_id)
+    [instance] = await process.engine.process_instances(process.key, order_id)
+    passed = [a["activityId"] for a in await process.engine.activity_history(instance["id"])]
+    assert "Task_RequestReplenishment" in passed and "Catch_WaitForStock" in passed, passed
+    assert "Catch_StockReserved" not in passed, passed

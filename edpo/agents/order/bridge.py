@@ -8,6 +8,11 @@ start row (`start:<order id>`), however many OrderAccepted arrive and however ma
 workers run: the row is locked while it is worked on, so one instance is started per order.
 A message that no longer fits (its instance has ended, or none waited for it for an hour)
 is dead-lettered with the reason, never dropped; `edpo dlq replay` brings it back.
+
+An order's events reach its process in the order they came: a row whose correlation failed
+for a technical reason (the engine erred or was away) is `held`, and the later rows of its
+order wait behind it. Otherwise a StockReserved could overtake its StockPartiallyReserved and
+the process would skip "Request replenishment" (found by kill -9 postgres, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -183,8 +188,12 @@ class ProcessBridge:
 
     async def work_once(self, limit: int = 64) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
+            # An event never overtakes an older one of its order that is held (its correlation
+            # failed for a technical reason): the process must hear them in the order they came.
             rows = await conn.fetch(
-                "SELECT * FROM process_inbox WHERE state = 'pending' AND next_try_at <= now()"
+                "SELECT * FROM process_inbox i WHERE state = 'pending' AND next_try_at <= now()"
+                " AND NOT EXISTS (SELECT 1 FROM process_inbox o WHERE o.order_id = i.order_id"
+                " AND o.state = 'pending' AND o.held AND o.received_at < i.received_at)"
                 " ORDER BY received_at LIMIT $1 FOR UPDATE SKIP LOCKED",
                 limit,
             )
@@ -206,38 +215,44 @@ class ProcessBridge:
                         await enqueue(conn, letter)
                     await conn.execute(
                         "UPDATE process_inbox SET state = $2, attempts = attempts + 1, last_error = $3,"
-                        " next_try_at = now() + make_interval(secs => $4),"
+                        " next_try_at = now() + make_interval(secs => $4), held = $5,"
                         " done_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END WHERE event_id = $1",
                         *args,
                     )
             return len(rows) == limit
 
     async def _order_rows(self, rows: list[asyncpg.Record]) -> list[tuple]:
+        """One order's rows, oldest first (the start first); a row that fails for a technical
+        reason is held and its order's later rows stay as they are, to go after it."""
         out = []
         for row in sorted(rows, key=lambda r: (r["message_name"] != START, r["received_at"])):
-            state, error = await self._handle(row)
+            state, error, held = await self._handle(row)
             delay = CORRELATION.delay(row["attempts"] + 1)
-            out.append((row["event_id"], state, error, delay))
+            out.append((row["event_id"], state, error, delay, held))
+            if held:
+                break
         return out
 
-    async def _handle(self, row: asyncpg.Record) -> tuple[str, str | None]:
+    async def _handle(self, row: asyncpg.Record) -> tuple[str, str | None, bool]:
+        """(new state, note, held): held when the engine failed or was away, not when no
+        instance waits for the message (yet)."""
         order_id = row["order_id"]
         try:
             if row["message_name"] == START:
-                return await self._start(order_id)
+                return (*await self._start(order_id), False)
             values = json.loads(row["variables"])
             # The mark travels with the message, so the engine records in the same transaction
             # that this event took effect (see _unmatched).
             values[effect_mark(row)] = row["event_id"]
             await self.engine.correlate(row["message_name"], order_id, values, json.loads(row["correlation"]))
             self.failpoints.hit("after_correlate")
-            return "correlated", None
+            return "correlated", None, False
         except EngineError as e:
             if e.is_no_match:
-                return await self._unmatched(order_id, row)
-            return "pending", str(e)[:500]
+                return (*await self._unmatched(order_id, row), False)
+            return "pending", str(e)[:500], True
         except Exception as e:  # noqa: BLE001 - engine unreachable: retry later
-            return "pending", f"{type(e).__name__}: {e}"[:500]
+            return "pending", f"{type(e).__name__}: {e}"[:500], True
 
     async def _start(self, order_id: str) -> tuple[str, str | None]:
         """Start the order's instance unless one exists (or existed): idempotent."""
