@@ -264,43 +264,30 @@ class Traffic:
     async def place(self, n: int, tag: str) -> Placed:
         path, items, address = PATHS[n % len(PATHS)]
         body = {"customer_id": f"faults-{tag}", "delivery_address": address, "items": items}
-        reply = await self._post(f"{self.orders}/orders", body, f"{tag}-{n}-{time.time_ns()}", 201)
+        _, reply = await self._post(f"{self.orders}/orders", body, f"{tag}-{n}-{time.time_ns()}", (201,))
         return Placed(reply["order_id"], path, items)
 
     async def cancel(self, placed: Placed) -> None:
         """The customer cancels (retried while the order service or its database is away)."""
-        url = f"{self.orders}/orders/{placed.order_id}/cancel"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                async with self.http.post(url) as r:
-                    text = await r.text()
-                    if r.status in (202, 409):
-                        placed.cancel = r.status
-                        return
-                    assert r.status == 503, f"POST {url} answered {r.status}: {text}"
-                    last = f"{r.status} {text}"
-            except (TimeoutError, aiohttp.ClientError) as e:
-                last = repr(e)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"POST {url} failed for 120 s: {last}")
-            await asyncio.sleep(0.5)
+        placed.cancel, _ = await self._post(f"{self.orders}/orders/{placed.order_id}/cancel", None, None, (202, 409))
 
     async def receive(self, sku: str, quantity: int, key: str) -> None:
         """Goods received (a receipt with its Idempotency-Key)."""
         await self._post(f"http://{self.s.host}:{self.s.warehouse_port}/stock/{sku}/receipts",
-                         {"quantity": quantity}, key, 202)
+                         {"quantity": quantity}, key, (202,))
 
-    async def _post(self, url: str, body: Any, key: str, expected: int) -> Any:
-        """POST with an Idempotency-Key, retried with the same key while the service or its
-        database is away (connection refused, 503), as a client would; any other answer fails."""
+    async def _post(self, url: str, body: Any, key: str | None, expected: tuple[int, ...]) -> tuple[int, Any]:
+        """POST (with an Idempotency-Key), retried with the same key while the service or its
+        database is away (connection refused, 503), as a client would; any other answer than
+        `expected` fails. Returns the status and the JSON body."""
         deadline = time.monotonic() + 120
+        headers = {"Idempotency-Key": key} if key else {}
         while True:
             try:
-                async with self.http.post(url, json=body, headers={"Idempotency-Key": key}) as r:
+                async with self.http.post(url, json=body, headers=headers) as r:
                     text = await r.text()
-                    if r.status == expected:
-                        return json.loads(text)
+                    if r.status in expected:
+                        return r.status, json.loads(text)
                     assert r.status == 503, f"POST {url} answered {r.status}: {text}"
                     last = f"{r.status} {text}"
             except (TimeoutError, aiohttp.ClientError) as e:

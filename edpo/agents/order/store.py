@@ -334,11 +334,6 @@ class OrderStore:
     async def request_cancel(self, order_id: str, reason: str) -> tuple[str, dict[str, Any] | None]:
         return await request_cancel(await self.pool(), order_id, reason)
 
-    async def is_final(self, order_id: str) -> str | None:
-        """The order's status if it is DELIVERED, CANCELLED or REJECTED, else None."""
-        status = await (await self.pool()).fetchval("SELECT status FROM orders WHERE order_id = $1", order_id)
-        return status if status in (DELIVERED, CANCELLED, REJECTED) else None
-
     async def outbox_report(self, command_attempts: int = 5) -> dict[str, Any]:
         """For /health: commands still unanswered after command_attempts sends (resent at the
         cap meanwhile), commands being resent, messages not sent yet, the oldest open row's age."""
