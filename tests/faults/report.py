@@ -32,7 +32,8 @@ def _recovery(figures: str) -> str:
               "server_ready_s": "server ready {}s after restart", "join_s": "2nd workers ready in {}s",
               "rejoin_ready_s": "killed worker ready {}s after restart",
               "drain_s": "all orders final {}s after recovery", "dead_letters": "{} dead letters",
-              "replay_s": "replayed in {}s"}
+              "replay_s": "replayed in {}s", "cancels_accepted": "{} cancellations accepted",
+              "cancels_refused": "{} refused (shipped)"}
     return "; ".join(labels[k].format(v) for k, v in values.items() if k in labels)
 
 
