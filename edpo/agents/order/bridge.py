@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 START = "start"  # the inbox row that starts the order's process instance
 DEAD = "dead"  # an inbox row given up on: dead-lettered with its reason
 CANCEL_REQUESTED = "CancelRequested"  # the message a customer's cancellation is correlated as
+NOT_STARTED = "the order's process has not started yet"
+NOT_STARTED_RETRY = 0.25  # seconds between tries of an event whose process has not started
 
 
 def effect_mark(row: asyncpg.Record) -> str:
@@ -219,6 +221,15 @@ class ProcessBridge:
                         " done_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END WHERE event_id = $1",
                         *args,
                     )
+                    row = rows_by_id[args[0]]
+                    if row["message_name"] == START and args[1] == "correlated":
+                        # The process runs now: its order's waiting events are due at once (rows
+                        # another bridge is working on are left to it).
+                        await conn.execute(
+                            "UPDATE process_inbox SET next_try_at = now() WHERE event_id IN (SELECT event_id"
+                            " FROM process_inbox WHERE order_id = $1 AND state = 'pending' AND event_id <> $2"
+                            " FOR UPDATE SKIP LOCKED)", row["order_id"], row["event_id"])
+                        self.wake.set()
             return len(rows) == limit
 
     async def _order_rows(self, rows: list[asyncpg.Record]) -> list[tuple]:
@@ -227,7 +238,9 @@ class ProcessBridge:
         out = []
         for row in sorted(rows, key=lambda r: (r["message_name"] != START, r["received_at"])):
             state, error, held = await self._handle(row)
-            delay = CORRELATION.delay(row["attempts"] + 1)
+            # Before its process has started, an event is tried again soon, not after a growing
+            # backoff: a customer's cancellation must not lag behind the order it cancels.
+            delay = NOT_STARTED_RETRY if error == NOT_STARTED else CORRELATION.delay(row["attempts"] + 1)
             out.append((row["event_id"], state, error, delay, held))
             if held:
                 break
@@ -295,4 +308,6 @@ class ProcessBridge:
         age = await self.pool.fetchval("SELECT now() - $1::timestamptz", received)
         if age > MAX_PENDING:
             return DEAD, f"{row['message_name']}: no process instance waited for it within {MAX_PENDING}"
+        if not history:
+            return "pending", NOT_STARTED
         return "pending", "no process instance waits for it (yet)"
