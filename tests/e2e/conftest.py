@@ -70,6 +70,19 @@ class Api:
         status, reply = await self.call("POST", f"{self.warehouse}/stock/{sku}/receipts", json={"quantity": quantity})
         assert status == 202, reply
 
+    async def courier(self, order_id: str) -> dict:
+        """The courier's record of the order, from the delivery worker owning its partition (the
+        stack may run `--instances N`; each worker's view shows its own partitions)."""
+        for n in range(1, 5):
+            try:
+                status, reply = await self.call(
+                    "GET", f"http://{self.s.host}:{self.s.web_port('delivery', n)}/deliveries/{order_id}")
+            except aiohttp.ClientConnectionError:
+                break
+            if status == 200:
+                return reply
+        raise AssertionError(f"no delivery worker knows {order_id}")
+
     async def produced(self, sku: str) -> int:
         _, reply = await self.call("GET", f"{self.factory}/production")
         return sum(line["produced_total"] for line in reply["lines"] if line["sku"] == sku)

@@ -34,18 +34,7 @@ async def _decide(engine: Engine, task: dict[str, Any], decision: str) -> None:
 
 
 async def _attempts(api: Api, order_id: str) -> dict[str, str]:
-    """The courier's attempts, from the delivery worker that owns the order's partition."""
-    import aiohttp
-
-    for n in range(1, 5):  # the stack may run `--instances N`; each worker shows its own partitions
-        try:
-            status, reply = await api.call("GET", f"http://{api.s.host}:{api.s.web_port('delivery', n)}"
-                                                  f"/deliveries/{order_id}")
-        except aiohttp.ClientConnectionError:
-            break
-        if status == 200:
-            return {k: a["status"] for k, a in reply["attempts"].items()}
-    raise AssertionError(f"no delivery worker knows {order_id}")
+    return {n: a["status"] for n, a in (await api.courier(order_id))["attempts"].items()}
 
 
 async def test_a_silent_courier_is_escalated_and_the_dispatcher_waits_retries_then_cancels(

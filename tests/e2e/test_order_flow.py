@@ -112,7 +112,7 @@ async def test_unreachable_address_is_retried_then_cancelled_with_goods_back_in_
     attempts = api.s.delivery_attempts
     assert _statuses(final).count("DELIVERY_FAILED") == attempts
     assert _statuses(final).count("SHIPPED") == attempts
-    _, deliveries = await api.call("GET", f"{api.delivery}/deliveries/{order['order_id']}")
+    deliveries = await api.courier(order["order_id"])
     assert sorted(deliveries["attempts"]) == [str(n) for n in range(1, attempts + 1)]
     assert all(a["status"] == "failed" for a in deliveries["attempts"].values())
     after = await eventually(lambda: api.stock("HEADSET"), lambda s: s["reserved"] == before["reserved"], 30,
