@@ -36,7 +36,8 @@ X0, DX, Y0, DY = 160, 125, 330, 115
 NODES: dict[str, tuple[float, float]] = {
     # main line
     "StartEvent_OrderAccepted": (0, 0), "Task_ReserveStock": (1, 0), "Gateway_ReservationResult": (2, 0),
-    "Catch_StockReserved": (3, 0), "Gateway_StockReady": (8, 0), "Task_PackGoods": (9, 0),
+    "Catch_StockReserved": (3, 0), "Gateway_ReplenishAfterAll": (4.5, 0), "Task_ReplaceTakenUnits": (6, -1),
+    "Gateway_StockReady": (8, 0), "Task_PackGoods": (9, 0),
     "Gateway_DeliveryLoop": (10, 0), "Task_StartDelivery": (11, 0), "Gateway_DeliveryWaitLoop": (12, 0),
     "Gateway_DeliveryOutcome": (13, 0), "Catch_DeliveryCompleted": (14, 0), "EndEvent_OrderDelivered": (19, 0),
     # compensation handler of "Reserve stock"
@@ -76,6 +77,8 @@ BOUNDARIES: dict[str, tuple[str, str, float]] = {
 # target's entry ("exit"/"entry" name the sides; default: right -> left, or an L between rows).
 ROUTES: dict[str, tuple[str, list[tuple[float, float]], str]] = {
     "Flow_ToStockPartiallyReserved": ("bottom", [(2, 1)], "left"),
+    "Flow_ToReplaceTakenUnits": ("top", [(4.5, -1)], "left"),
+    "Flow_ReplacedToReady": ("right", [(8, -1)], "top"),
     "Flow_WaitForStockToReady": ("right", [(8, 1)], "bottom"),
     "Flow_StockArrivedToReady": ("top", [(7.3, 0.55), (8, 0.55)], "bottom"),
     "Flow_StockDecisionWait": ("top", [(8, 1.5), (5, 1.5)], "bottom"),

@@ -93,6 +93,8 @@ class OrderReservation(msgspec.Struct, kw_only=True):
     accepted: bool = False
     delivery_address: str = ""
     reserve_requested: bool = False
+    # What the order lacked when it first went short (announced again with StockReserved).
+    short: dict[str, int] = {}
     # When the order was shipped or released (clock seconds); its entry is dropped later.
     closed_at: float = 0.0
 
@@ -164,6 +166,7 @@ class OrderReservation(msgspec.Struct, kw_only=True):
             self.outcome = "full"
         elif self.outcome == "":
             self.outcome = "partial"
+            self.short = {line.sku: line.quantity for line in self._missing()}
         else:
             return []  # still short: the process already waits for StockReserved
         outcome = self._outcome_event(evt)
@@ -218,7 +221,8 @@ class OrderReservation(msgspec.Struct, kw_only=True):
 
     def _outcome_event(self, cause: Message) -> Message | None:
         if self.outcome == "full":
-            return caused_by(cause, StockReserved, source=SOURCE, once_per=self.order_id, order_id=self.order_id)
+            return caused_by(cause, StockReserved, source=SOURCE, once_per=self.order_id, order_id=self.order_id,
+                             short=[Line(sku=sku, quantity=qty) for sku, qty in self.short.items()])
         if self.outcome == "partial":
             # Once per order: the first shortfall is what the process acts on.
             return caused_by(cause, StockPartiallyReserved, source=SOURCE, once_per=self.order_id,

@@ -79,9 +79,12 @@ class OrderRejected(Message, frozen=True):
 
 
 class StockReserved(Message, frozen=True):
-    """Every line of the order is reserved."""
+    """Every line of the order is reserved. `short`: what the order lacked when it first went
+    short (its StockPartiallyReserved's `missing`); empty if it never did. A process that hears
+    this before (or without) the partial still knows the factory must replace those units."""
 
     order_id: str
+    short: list[Line] = []
 
 
 class StockPartiallyReserved(Message, frozen=True):

@@ -481,3 +481,37 @@ async def test_an_event_never_overtakes_an_older_one_of_its_order_that_failed_fo
     passed = [a["activityId"] for a in await process.engine.activity_history(instance["id"])]
     assert "Task_RequestReplenishment" in passed and "Catch_WaitForStock" in passed, passed
     assert "Catch_StockReserved" not in passed, passed
+
+
+async def test_stock_reserved_heard_without_its_partial_still_has_the_units_it_took_made_again(
+    servers: Settings, pool: asyncpg.Pool, process: OwnProcess
+) -> None:
+    """Found by kill -9 postgres, a second way: the reserve-stock task's completion was lost, so
+    its instance reached the reservation's wait only after both outcomes had arrived, and the
+    later one (StockReserved) happened to go first. StockReserved names what the order lacked;
+    the process asks the factory for it before packing."""
+    from edpo.models import Line
+
+    order_id = _order_id()
+    bridge = _bridge(servers, pool, process)
+    assert await _record(pool, OrderAccepted(source="test", order_id=order_id))
+    await _correlated(bridge, pool, start_row_id(order_id))
+    await process.complete("reserve-stock", order_id)
+    full = StockReserved(source="test", order_id=order_id, short=[Line(sku="A", quantity=2)])
+    assert await _record(pool, full)
+    await _correlated(bridge, pool, full.id)
+    [instance] = await process.engine.process_instances(process.key, order_id)
+    assert json.loads(await process.engine.variable(instance["id"], "missing")) == [{"sku": "A", "quantity": 2}]
+    await process.complete("request-replenishment", order_id)
+    await process.complete("pack-goods", order_id)
+    passed = [a["activityId"] for a in await process.engine.activity_history(instance["id"])]
+    assert "Task_ReplaceTakenUnits" in passed and "Task_RequestReplenishment" not in passed, passed
+
+    direct = _order_id()  # never short: straight to packing
+    assert await _record(pool, OrderAccepted(source="test", order_id=direct))
+    await _correlated(bridge, pool, start_row_id(direct))
+    await process.complete("reserve-stock", direct)
+    reserved = StockReserved(source="test", order_id=direct)
+    assert await _record(pool, reserved)
+    await _correlated(bridge, pool, reserved.id)
+    await process.complete("pack-goods", direct)

@@ -187,6 +187,22 @@ def test_backordered_order_becomes_reserved_when_the_last_units_arrive() -> None
     assert types(reservation.on_line_reserved(line_reserved("BOLT", 5, 5))) == ["StockReserved"]
 
 
+def test_stock_reserved_names_what_the_order_lacked_at_first_so_a_process_that_missed_the_partial_replenishes() -> None:
+    short = reserving(("BOLT", 5), ("NUT", 1))
+    short.on_line_reserved(line_reserved("NUT", 1, 1))
+    short.on_line_reserved(line_reserved("BOLT", 5, 2))
+    short.on_line_reserved(line_reserved("BOLT", 5, 4))
+    [full] = short.on_line_reserved(line_reserved("BOLT", 5, 5))
+    assert isinstance(full, StockReserved) and full.short == [Line(sku="BOLT", quantity=3)]
+    # Announced again (a replay) with the same id and the same lines.
+    [again] = short.on_line_reserved(line_reserved("BOLT", 5, 5))
+    assert (again.id, again.short) == (full.id, full.short)
+
+    direct = reserving(("BOLT", 5))
+    [full] = direct.on_line_reserved(line_reserved("BOLT", 5, 5))
+    assert isinstance(full, StockReserved) and full.short == []
+
+
 def test_stale_line_update_never_lowers_the_reservation() -> None:
     reservation = reserving(("BOLT", 5))
     first = reservation.on_line_reserved(line_reserved("BOLT", 5, 5))

@@ -79,7 +79,11 @@ def _no_vars(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 # Message name (= event type) -> (process variables to set, correlation keys to match).
 CORRELATIONS: dict[type[Message], Callable[[Any], tuple[dict[str, Any], dict[str, Any]]]] = {
-    StockReserved: _no_vars,
+    # The units the order lacked at first: if the process never heard the partial, the factory
+    # still has to replace them (the process checks replenish_after_all).
+    StockReserved: lambda e: ({"replenish_after_all": bool(e.short),
+                               **({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.short]}
+                                  if e.short else {})}, {}),
     StockPartiallyReserved: lambda e: ({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.missing],
                                         "missing_summary": ", ".join(f"{l.quantity} x {l.sku}" for l in e.missing)},
                                        {}),
