@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from edpo.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +42,30 @@ def variable(value: Any) -> dict[str, Any]:
     return {"value": value, "type": "String"}
 
 
+def basic_authorization(user: str, password: str) -> str:
+    """The Authorization header of HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 def variables(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: variable(v) for k, v in values.items()}
 
 
 class Engine:
-    """One aiohttp session against /engine-rest."""
+    """One aiohttp session against /engine-rest, signed in with HTTP basic auth when given a user."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, auth: tuple[str, str] | None = None) -> None:
+        """auth: (user, password) sent with every request (HTTP basic auth)."""
         self.base_url = base_url.rstrip("/")
+        # A header rather than aiohttp.BasicAuth, which aiohttp 3.14 deprecates.
+        self._headers = {"Authorization": basic_authorization(*auth)} if auth else {}
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, base_url: str | None = None) -> Engine:
+        """The engine of the settings (or the one at base_url), as their service account
+        EDPO_CAMUNDA_USER / EDPO_CAMUNDA_PASSWORD."""
+        return cls(base_url or settings.camunda_url, auth=(settings.camunda_user, settings.camunda_password))
 
     async def __aenter__(self) -> Engine:
         return self
@@ -58,7 +76,7 @@ class Engine:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=30))
         return self._session
 
     async def close(self) -> None:

@@ -4,15 +4,25 @@ Each field below is one setting: its name (``EDPO_`` + the field name in capital
 default and meaning. The README's configuration table is generated from these fields
 (``edpo config``), so code and documentation cannot drift. A settings object is built once,
 by the command line or a test, and passed in; nothing reads the environment at import.
+
+Passwords have no default in the code. An empty one is generated once per RUN_DIR into
+``RUN_DIR/secrets.env`` (mode 0600) when settings are built, and read from there by every later
+build with the same RUN_DIR; an environment variable still wins (see ``run_dir_secrets``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
+import secrets
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,6 +32,12 @@ SERVICES = ("order", "warehouse", "factory", "delivery")
 ISO_DURATION = re.compile(r"P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
 # Further instances of a service listen on base port + 100 * (instance - 1).
 INSTANCE_PORT_STEP = 100
+# What the engine accepts as a user id (Camunda's default resource id pattern).
+ENGINE_USER_ID = r"^[A-Za-z0-9]+$"
+# Where generated passwords are kept, in RUN_DIR (git-ignored with it).
+SECRETS_FILE = "secrets.env"
+# The settings whose empty value means "generate one for this RUN_DIR".
+GENERATED_SECRETS = ("camunda_password", "camunda_admin_password")
 
 
 def _default_root() -> Path:
@@ -62,6 +78,23 @@ class Settings(BaseSettings):
     camunda_port: int = Field(8080, description="Camunda engine HTTP port")
     camunda_url: str = Field(
         default_factory=lambda s: f"http://{s['host']}:{s['camunda_port']}/engine-rest", description="Camunda engine REST base (default: http://HOST:CAMUNDA_PORT/engine-rest)"
+    )
+    camunda_user: str = Field(
+        "edpo", pattern=ENGINE_USER_ID, description="Engine user (letters and digits) the workers, the process bridge, "
+        "the dev tools and the tests use on /engine-rest (HTTP basic auth); the engine creates it at start",
+    )
+    camunda_password: str = Field(
+        "", repr=False, description="Password of CAMUNDA_USER (empty: generated once per RUN_DIR into "
+        "RUN_DIR/secrets.env, mode 0600, when settings are built, and read from there afterwards); the engine "
+        "sets it at start",
+    )
+    camunda_admin_user: str = Field(
+        "demo", pattern=ENGINE_USER_ID, description="Cockpit/Tasklist/Admin user of the engine (letters and digits; "
+        "in the group camunda-admin; the demo's dispatcher)"
+    )
+    camunda_admin_password: str = Field(
+        "", repr=False, description="Password of CAMUNDA_ADMIN_USER (empty: generated once per RUN_DIR into RUN_DIR/secrets.env "
+        "when settings are built, as CAMUNDA_PASSWORD); the engine sets it at start",
     )
     camunda_heap: str = Field("384m", description="Camunda JVM max heap")
     camunda_db: Literal["postgres", "h2"] = Field(
@@ -132,8 +165,9 @@ class Settings(BaseSettings):
         "the user task \"Investigate order\"",
     )
     dispatcher_user: str = Field(
-        "demo", description="Engine user put into the group dispatchers (who sees the escalation tasks in Tasklist); "
-        "a user the engine does not have is skipped",
+        default_factory=lambda s: s["camunda_admin_user"],
+        description="Engine user put into the group dispatchers (who sees the escalation tasks in Tasklist; "
+        "default: CAMUNDA_ADMIN_USER); a user the engine does not have is skipped",
     )
     command_timeout: float = Field(
         5, gt=0, description="Seconds to wait for a command's acknowledgment before resending"
@@ -174,6 +208,36 @@ class Settings(BaseSettings):
     failpoints: str = Field(
         "", description="Crash points for fault injection, e.g. warehouse.after_store=kill@3 (edpo/runtime/failpoints.py)"
     )
+    api_token: str = Field(
+        "", repr=False, description="Bearer token the order, warehouse, factory and delivery HTTP APIs require for "
+        "writes and personal data (deliveries, addresses, Faust table views) when set; /health, /openapi.json, "
+        "/docs, /catalog and stock stay open (empty: no token needed)",
+    )
+
+    # The generated secrets this object took from RUN_DIR/secrets.env (not from the environment).
+    _from_secrets_file: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def model_post_init(self, context: Any) -> None:
+        """Fill empty passwords from RUN_DIR/secrets.env, generating it the first time."""
+        empty = [name for name in GENERATED_SECRETS if not getattr(self, name)]
+        if not empty:
+            return
+        stored = run_dir_secrets(self.run_dir)
+        for name in empty:
+            setattr(self, name, stored[env_name(name)])
+        self._from_secrets_file = frozenset(empty)
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.run_dir / SECRETS_FILE
+
+    def generated(self, name: str) -> bool:
+        """Did this password come from RUN_DIR/secrets.env (rather than from the environment or the caller)?"""
+        return name in self._from_secrets_file
+
+    def secret_origin(self, name: str) -> str:
+        """Where a password's value came from, for messages that must not print it."""
+        return str(self.secrets_file) if self.generated(name) else f"${env_name(name)}"
 
     @field_validator("delivery_timeout", "stock_timeout", "order_deadline")
     @classmethod
@@ -206,6 +270,83 @@ class Settings(BaseSettings):
     def for_instance(self, instance: int) -> Settings:
         """The same settings for another worker of a service."""
         return self.model_copy(update={"instance": instance})
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    return f"EDPO_{field.upper()}"
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """NAME=value lines of a secrets file ({} when there is none)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    pairs = (line.strip().partition("=") for line in text.splitlines())
+    return {name.strip(): value.strip() for name, sep, value in pairs if sep and not name.startswith("#")}
+
+
+def run_dir_secrets(run_dir: Path) -> dict[str, str]:
+    """The generated secrets of a RUN_DIR (EDPO_* name -> value), creating RUN_DIR/secrets.env on first use.
+
+    Several processes may build settings at once (`edpo up` and its workers, parallel tests):
+    each writes fresh values to a temporary file and links it to the final name; os.link fails
+    for all but the first, and they read the winner's. The file is complete whenever it exists."""
+    path = run_dir / SECRETS_FILE
+    wanted = [env_name(name) for name in GENERATED_SECRETS]
+    found = read_secrets(path)
+    if all(found.get(name) for name in wanted):
+        return found
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fresh = {name: secrets.token_urlsafe(24) for name in wanted}
+        if _publish(path, fresh, link=True):
+            return fresh
+    found = read_secrets(path)  # another process's, complete once it exists
+    if all(found.get(name) for name in wanted):
+        return found
+    # A file lacking some of them (written by hand, or before a secret was added): add those, one process at a time.
+    with _locked(run_dir / f".{SECRETS_FILE}.lock"):
+        found = read_secrets(path)
+        missing = {name: secrets.token_urlsafe(24) for name in wanted if not found.get(name)}
+        if missing:
+            found = {**found, **missing}
+            _publish(path, found, link=False)
+    return found
+
+
+def _publish(path: Path, values: dict[str, str], *, link: bool) -> bool:
+    """Write values to a new 0600 file and put it at path: os.link (False if path exists) or os.replace."""
+    lines = ["# Generated by edpo for this RUN_DIR: dev passwords. EDPO_* environment variables override them."]
+    text = "\n".join([*lines, *(f"{name}={value}" for name, value in values.items()), ""])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{SECRETS_FILE}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if not link:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def settings_table_markdown() -> str:

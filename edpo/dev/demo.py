@@ -44,6 +44,14 @@ def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
         return e.code, json.loads(e.read() or b"null")
 
 
+def _admin_password(settings: Settings) -> str:
+    """The Cockpit password to show: a generated dev value is shown; one set by variable is only named."""
+    origin = settings.secret_origin("camunda_admin_password")
+    if settings.generated("camunda_admin_password"):
+        return f"{settings.camunda_admin_password}  (generated for this checkout, kept in {origin})"
+    return f"in {origin}"
+
+
 def _out(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -98,8 +106,9 @@ Look around:
   Table views       http://{h}:{settings.web_ports['warehouse']}/table/   (also on :{settings.web_ports['factory']} and :{settings.web_ports['delivery']})
   Production        http://{h}:{settings.web_ports['factory']}/production
   Deliveries        http://{h}:{settings.web_ports['delivery']}/deliveries
-  Camunda Cockpit   http://{h}:{settings.camunda_port}/camunda/app/cockpit/  (demo/demo)
-  Camunda Tasklist  http://{h}:{settings.camunda_port}/camunda/app/tasklist/  (demo/demo, group dispatchers)
+  Camunda Cockpit   http://{h}:{settings.camunda_port}/camunda/app/cockpit/
+  Camunda Tasklist  http://{h}:{settings.camunda_port}/camunda/app/tasklist/  (group dispatchers)
+  Log in as         {settings.camunda_admin_user}, password {_admin_password(settings)}
 The escalated order waits for you in Tasklist: claim "Resolve overdue delivery" and decide
 (retry, cancel or wait). The stack keeps running; `make down` stops it.""")
     unfinished = [o for o, (_, seen) in orders.items() if not seen or seen[-1] not in FINAL | {"ESCALATED"}]

@@ -265,6 +265,11 @@ class Camunda(Server):
             EDPO_CAMUNDA_DB_POOL=str(self.s.camunda_db_pool),
             EDPO_CAMUNDA_CLEANUP_START=cleanup_start,
             EDPO_CAMUNDA_CLEANUP_END=cleanup_end,
+            # The engine makes sure both users exist with these passwords whenever it starts.
+            EDPO_CAMUNDA_SERVICE_USER=self.s.camunda_user,
+            EDPO_CAMUNDA_SERVICE_PASSWORD=self.s.camunda_password,
+            EDPO_CAMUNDA_ADMIN_USER=self.s.camunda_admin_user,
+            EDPO_CAMUNDA_ADMIN_PASSWORD=self.s.camunda_admin_password,
         )
         # The engine runs from its own copy: a rebuild (`make setup` after a change under
         # infra/camunda) rewrites the built jar, and a JVM reading classes lazily from a jar that
@@ -280,14 +285,41 @@ class Camunda(Server):
         )
 
     def healthy(self) -> bool:
+        """The default engine answers an authenticated request (GET /engine alone needs no credentials).
+
+        Raises StackError when the engine refuses the service account: it runs with other
+        passwords than these settings (say, RUN_DIR/secrets.env was deleted), and waiting does not help."""
         try:
-            with urllib.request.urlopen(f"{self.s.camunda_url}/engine", timeout=3) as r:
-                return any(e.get("name") == "default" for e in json.load(r))
-        except (OSError, ValueError, urllib.error.URLError):
+            with urllib.request.urlopen(self._get("/engine"), timeout=3) as r:
+                if not any(e.get("name") == "default" for e in json.load(r)):
+                    return False
+            with urllib.request.urlopen(self._get("/version"), timeout=3) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                raise StackError(
+                    f"camunda at {self.s.camunda_url} refuses the user {self.s.camunda_user!r} with the password in "
+                    f"{self.s.secret_origin('camunda_password')}: it was started with another one (restart it: edpo "
+                    f"infra down, then edpo infra up), or it locks the user for a few seconds after wrong passwords"
+                ) from None
+            return False
+        except (OSError, ValueError):
             return False
 
+    def _get(self, path: str) -> urllib.request.Request:
+        token = base64.b64encode(f"{self.s.camunda_user}:{self.s.camunda_password}".encode()).decode()
+        return urllib.request.Request(f"{self.s.camunda_url}{path}", headers={"Authorization": f"Basic {token}"})
+
+    def status(self) -> str:
+        try:
+            return super().status()
+        except StackError:
+            return "refuses password"
+
     def describe(self) -> str:
-        return (f"{self.s.camunda_url} (Cockpit http://{self.s.host}:{self.port}/camunda/app/, demo/demo; "
+        s = self.s
+        return (f"{s.camunda_url} (Cockpit http://{s.host}:{self.port}/camunda/app/, user {s.camunda_admin_user}, "
+                f"password in {s.secret_origin('camunda_admin_password')}; "
                 f"database {self.datasource()[0].split(';')[0]})")
 
 

@@ -157,7 +157,7 @@ class ServiceApp(faust.App):
     @cached_property
     def engine(self) -> Engine:
         """This worker's one HTTP session to the Camunda engine, closed when the worker stops."""
-        return Engine(self.settings.camunda_url)
+        return Engine.from_settings(self.settings)
 
     def serve_tasks(self, handlers: dict[str, TaskHandler]) -> None:
         """Run this service's external-task handlers ({BPMN topic: handler}) inside its worker."""

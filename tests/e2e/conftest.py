@@ -114,7 +114,7 @@ async def api(stack: Settings) -> Api:
 
 @pytest.fixture
 async def engine(stack: Settings) -> Engine:
-    async with Engine(stack.camunda_url) as e:
+    async with Engine.from_settings(stack) as e:
         yield e
 
 

@@ -348,7 +348,7 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
     recovery figures), wait until every order is final and the stock settled, then assert the
     guarantees. Returns the outcome for the reliability table."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
-            Engine(settings.camunda_url) as engine:
+            Engine.from_settings(settings) as engine:
         traffic = Traffic(settings, http)
         try:
             await until(lambda: _idle(traffic), SETTLE_S, "the stock to settle before the scenario")

@@ -13,5 +13,5 @@ from edpo.config import Settings
 @pytest.fixture
 async def engine(servers: Settings) -> AsyncIterator[Engine]:
     """A REST client of the running engine, closed after the test."""
-    async with Engine(servers.camunda_url) as e:
+    async with Engine.from_settings(servers) as e:
         yield e

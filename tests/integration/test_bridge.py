@@ -52,7 +52,7 @@ async def test_early_event_waits_for_the_process_and_a_duplicate_correlates_once
     servers: Settings, inbox_pool: asyncpg.Pool
 ) -> None:
     order_id = f"bridge-{uuid.uuid4().hex[:10]}"
-    async with Engine(servers.camunda_url) as engine:
+    async with Engine.from_settings(servers) as engine:
         async def start_vars(oid: str) -> dict[str, Any]:
             return {"order_id": oid, "delivery_address": "Main Street 1", "lines": [{"sku": "A", "quantity": 1}],
                     "max_delivery_attempts": 3, "delivery_retry_backoff": "PT0S", "delivery_attempt": 0,

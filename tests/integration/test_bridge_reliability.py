@@ -456,7 +456,7 @@ async def test_an_event_never_overtakes_an_older_one_of_its_order_that_failed_fo
 
     partial = StockPartiallyReserved(source="test", order_id=order_id, missing=[Line(sku="A", quantity=2)])
     assert await _record(pool, partial)
-    async with Engine(f"http://{servers.host}:9") as away:  # nothing listens: the engine is away
+    async with Engine.from_settings(servers, f"http://{servers.host}:9") as away:  # nothing listens: the engine is away
         broken = ProcessBridge(servers, pool, away, process.start_variables, process.deploy,
                                process_key=process.key)
         await broken.work_once()

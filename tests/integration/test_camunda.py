@@ -24,7 +24,7 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
     bpmn = tmp_path / f"{key}.bpmn"
     topic = f"echo-payload-{key}"
     bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"').replace('"echo-payload"', f'"{topic}"'))
-    async with Engine(servers.camunda_url) as engine:
+    async with Engine.from_settings(servers) as engine:
         first = await engine.deploy(key, bpmn)
         again = await engine.deploy(key, bpmn)
         assert first["deployedProcessDefinitions"], "first deployment defines the process"
@@ -47,7 +47,8 @@ async def test_external_task_worker_round_trips_a_json_variable(servers: Setting
             worker_id=f"test-{business_key}",
             base_url=servers.camunda_url,
             config={"asyncResponseTimeout": 1000, "lockDuration": 10000, "sleepSeconds": 0.2,
-                    "deserializeValues": False},  # Json arrives as its JSON text
+                    "deserializeValues": False,  # Json arrives as its JSON text
+                    "auth_basic": {"username": servers.camunda_user, "password": servers.camunda_password}},
         )
         run = asyncio.create_task(worker.subscribe({topic: handle}))
         try:
@@ -90,7 +91,7 @@ async def test_a_waiting_handler_keeps_its_task_locked_past_the_lock_duration(se
     bpmn = tmp_path / f"{key}.bpmn"
     bpmn.write_text(BPMN.read_text().replace('id="echo_test"', f'id="{key}"').replace('"echo-payload"', f'"{topic}"'))
     lock_ms = 1000
-    async with Engine(servers.camunda_url) as engine:
+    async with Engine.from_settings(servers) as engine:
         await engine.deploy(key, bpmn)
         await engine.start_process(key, f"lock-{key}", {"payload": {"n": 1}})
         fetch = {"maxTasks": 1, "topics": [{"topicName": topic, "lockDuration": lock_ms}]}
@@ -159,7 +160,7 @@ async def test_task_worker_runs_a_whole_batch_and_a_failing_handler_ends_as_an_i
             raise ValueError("no such thing")
         return task.complete({"reply": {"value": json.dumps({"echo": payload}), "type": "Json"}})
 
-    async with Engine(servers.camunda_url) as engine:
+    async with Engine.from_settings(servers) as engine:
         await engine.deploy(key, bpmn)
         started = {name: await engine.start_process(key, name, {"payload": {"name": name, "fail": name == "bad"}})
                    for name in ("a", "b", "c", "bad")}

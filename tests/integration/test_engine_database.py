@@ -24,7 +24,7 @@ async def test_the_engines_rows_are_in_the_camunda_database_of_the_projects_post
         tables = {r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE tablename LIKE 'act_%'")}
         assert {"act_ru_execution", "act_re_procdef", "act_ru_job"} <= tables, "the engine's schema is in this database"
 
-        async with Engine(settings.camunda_url) as engine:
+        async with Engine.from_settings(settings) as engine:
             # Ids the running engine hands out (UUIDs) name rows of this database, not of another one.
             cleanup_jobs = await engine.request("GET", "/history/cleanup/jobs")
             definitions = await engine.request("GET", "/process-definition")

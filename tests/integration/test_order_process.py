@@ -146,7 +146,7 @@ class Order:
 
 @pytest.fixture
 async def engine(servers: Settings):
-    async with Engine(servers.camunda_url) as e:
+    async with Engine.from_settings(servers) as e:
         yield e
 
 
