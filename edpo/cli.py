@@ -9,11 +9,13 @@ import logging
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from edpo.config import Settings, settings_table_markdown
 from edpo.dev.process import StackError
+from edpo.runtime.http import bearer
 
 
 def _say(msg: str) -> None:
@@ -93,9 +95,10 @@ def stack_status(settings: Settings) -> bool:
 # --- HTTP helpers for the user-facing verbs --------------------------------------------------------
 
 
-def _http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+def _http(settings: Settings, method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **bearer(settings.api_token)})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -118,20 +121,21 @@ def order_place(settings: Settings, args: argparse.Namespace) -> int:
         "delivery_address": args.address,
         "items": [_parse_item(i) for i in args.item],
     }
-    status, reply = _http("POST", f"http://{settings.host}:{settings.web_ports['order']}/orders", body)
+    status, reply = _http(settings, "POST", f"http://{settings.host}:{settings.web_ports['order']}/orders", body)
     _say(json.dumps(reply, indent=2))
     return 0 if status == 201 else 1
 
 
 def order_show(settings: Settings, args: argparse.Namespace) -> int:
-    status, reply = _http("GET", f"http://{settings.host}:{settings.web_ports['order']}/orders/{args.order_id}")
+    status, reply = _http(settings, "GET", f"http://{settings.host}:{settings.web_ports['order']}/orders/{args.order_id}")
     _say(json.dumps(reply, indent=2))
     return 0 if status == 200 else 1
 
 
 def order_cancel(settings: Settings, args: argparse.Namespace) -> int:
     """POST /orders/{id}/cancel: 0 when accepted (202), 1 with the reason otherwise."""
-    status, reply = _http("POST", f"http://{settings.host}:{settings.web_ports['order']}/orders/{args.order_id}/cancel")
+    status, reply = _http(settings, "POST",
+                          f"http://{settings.host}:{settings.web_ports['order']}/orders/{args.order_id}/cancel")
     if status == 202:
         _say(f"cancellation of {args.order_id} accepted; the order moves to CANCELLED once its goods are back "
              f"(`edpo order show {args.order_id}`)")
@@ -141,14 +145,20 @@ def order_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def stock_show(settings: Settings) -> int:
-    status, reply = _http("GET", f"http://{settings.host}:{settings.web_ports['warehouse']}/stock")
-    if status != 200:
-        _say(json.dumps(reply))
-        return 1
+    """Every SKU's stock, page by page."""
+    base = f"http://{settings.host}:{settings.web_ports['warehouse']}/stock"
     _say(f"{'SKU':16} {'ON HAND':>8} {'RESERVED':>9} {'AVAILABLE':>10}")
-    for row in reply["stock"]:
-        _say(f"{row['sku']:16} {row['on_hand']:8} {row['reserved']:9} {row['available']:10}")
-    return 0
+    cursor = None
+    while True:
+        status, reply = _http(settings, "GET", base + (f"?after={urllib.parse.quote(cursor)}" if cursor else ""))
+        if status != 200:
+            _say(json.dumps(reply))
+            return 1
+        for row in reply["stock"]:
+            _say(f"{row['sku']:16} {row['on_hand']:8} {row['reserved']:9} {row['available']:10}")
+        cursor = reply.get("next")
+        if not cursor:
+            return 0
 
 
 # --- entry point --------------------------------------------------------------------------------

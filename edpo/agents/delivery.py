@@ -14,7 +14,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
@@ -27,7 +26,9 @@ from edpo.models import (
     StartDelivery,
     WithdrawDelivery,
 )
-from edpo.runtime.app import ServiceApp, error_json
+from edpo.models.api import Errors, OrderId, PageQuery
+from edpo.runtime.app import ServiceApp
+from edpo.runtime.http import Answer, Call, Problem, Reply, page
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
 from edpo.topics import delivery_commands_topic
@@ -35,6 +36,13 @@ from edpo.topics import delivery_commands_topic
 logger = logging.getLogger(__name__)
 SOURCE = "delivery"
 
+
+
+class DeliveryPage(msgspec.Struct, frozen=True, kw_only=True):
+    """Deliveries by order id; `next` is the cursor of the next page (null on the last)."""
+
+    deliveries: list[Delivery]
+    next: str | None
 
 class Courier:
     """The delivery service's handlers over its deliveries."""
@@ -100,17 +108,25 @@ def create_app(settings: Settings) -> ServiceApp:
     app.agent_over("courier", courier.on_command, delivery_commands_topic)
     app.every(settings.tick, courier.finish_due_deliveries)
 
-    @app.page("/deliveries")
-    async def deliveries_view(web: Any, request: Any) -> Any:
-        """Deliveries of the partitions this worker owns."""
-        return web.json({"deliveries": [msgspec.to_builtins(d) for _, d in deliveries_by_order.local_items()]})
+    api = app.api
 
-    @app.page("/deliveries/{order_id}")
-    async def delivery_view(web: Any, request: Any, order_id: str) -> Any:
-        """One order's delivery attempts."""
-        d = deliveries_by_order.get(order_id)
+    @api.operation("GET", "/deliveries", summary="Deliveries on this worker", query=PageQuery, tag="delivery",
+                   answers={200: Answer("One page of deliveries in order id order", DeliveryPage)})
+    async def list_deliveries(call: Call) -> Reply:
+        """Deliveries of the partitions this worker owns, with their addresses (personal: needs the
+        token when set); at most `limit`, the next page starts after the cursor `next`."""
+        found, cursor = page(deliveries_by_order.local_items(), call.query.limit, call.query.after)
+        return Reply(200, DeliveryPage(deliveries=found, next=cursor))
+
+    @api.operation("GET", "/deliveries/{order_id}", summary="One order's delivery", tag="delivery",
+                   path_types={"order_id": OrderId},
+                   answers={200: Answer("The order's delivery attempts", Delivery),
+                            404: Answer("No delivery for this order on this worker", Errors)})
+    async def get_delivery(call: Call) -> Reply:
+        """One order's delivery attempts (personal: needs the token when set)."""
+        d = deliveries_by_order.get(call.path["order_id"])
         if d is None:
-            return error_json(web, 404, "order_id", "no delivery for this order")
-        return web.json(msgspec.to_builtins(d))
+            raise Problem(404, "order_id", "no delivery for this order")
+        return Reply(200, d)
 
     return app

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 from camunda.external_task.external_task import ExternalTask, TaskResult
@@ -26,7 +25,9 @@ from edpo.models import (
     Message,
     ProductionRequested,
 )
+from edpo.models.api import PageQuery
 from edpo.runtime.app import ServiceApp
+from edpo.runtime.http import Answer, Call, Reply, page
 from edpo.runtime.commands import CommandClient, Commands
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
@@ -36,6 +37,13 @@ logger = logging.getLogger(__name__)
 SOURCE = "factory"
 WORKER = "factory-worker"  # the source of commands sent by the factory's process task
 
+
+
+class ProductionPage(msgspec.Struct, frozen=True, kw_only=True):
+    """Production lines by SKU; `next` is the cursor of the next page (null on the last)."""
+
+    lines: list[ProductionLine]
+    next: str | None
 
 class Factory:
     """The factory's handlers over its production lines."""
@@ -99,9 +107,13 @@ def create_app(settings: Settings) -> ServiceApp:
     app.every(settings.tick, factory.finish_due_batches)
     app.serve_tasks({"request-replenishment": factory.request_replenishment})
 
-    @app.page("/production")
-    async def production_view(web: Any, request: Any) -> Any:
-        """Production lines of the partitions this worker owns."""
-        return web.json({"lines": [msgspec.to_builtins(line) for _, line in production_by_sku.local_items()]})
+    @app.api.operation("GET", "/production", summary="Production lines on this worker", query=PageQuery,
+                       open=True, tag="factory",
+                       answers={200: Answer("One page of production lines in SKU order", ProductionPage)})
+    async def list_production(call: Call) -> Reply:
+        """Production lines of the partitions this worker owns; at most `limit`, the next page starts
+        after the cursor `next`. Open to all."""
+        found, cursor = page(production_by_sku.local_items(), call.query.limit, call.query.after)
+        return Reply(200, ProductionPage(lines=found, next=cursor))
 
     return app

@@ -15,13 +15,15 @@ Faust, the Camunda worker and the web views.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
-import faust
+from faust.app.router import SameNode
+from faust.web.exceptions import ServiceUnavailable
 import msgspec
 from camunda.external_task.external_task import ExternalTask, TaskResult
 
@@ -56,7 +58,18 @@ from edpo.models import (
     WithdrawDelivery,
     new_id,
 )
-from edpo.runtime.app import ServiceApp, error_json
+from edpo.models.api import (
+    Errors,
+    OrderId,
+    Receipt,
+    ReceiptAccepted,
+    Sku,
+    StockLevel,
+    StockPage,
+    StockQuery,
+)
+from edpo.runtime.app import ServiceApp
+from edpo.runtime.http import Answer, Call, Problem, Reply, Unavailable, page
 from edpo.runtime.commands import CommandClient, Commands
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import STARTUP
@@ -295,82 +308,97 @@ def create_app(settings: Settings) -> ServiceApp:
         "release-stock": warehouse.release_stock,
     })
 
-    # --- web views ---
+    # --- web API (the contract: edpo/models/api.py; served and described by edpo/runtime/http.py) ---
 
-    def not_found(web: Any, sku: str) -> Any:
-        return error_json(web, 404, "sku", f"unknown SKU {sku!r}")
+    api = app.api
+    busy = Answer("The warehouse's partitions are being assigned, or Kafka is away: retry after Retry-After "
+                  "seconds", Errors, {"Retry-After": "Seconds to wait"})
+    unknown_sku = Answer("Not a catalog SKU", Errors)
 
-    def local_stock(sku: str) -> dict[str, Any] | None:
-        stock = stock_by_sku.get(sku)
-        return None if stock is None else stock.view()
+    def known(sku: str) -> str:
+        if sku not in catalog.sku_set:
+            raise Problem(404, "sku", f"unknown SKU {sku!r}")
+        return sku
 
-    @app.page("/stock")
-    async def stock_list(web: Any, request: Any) -> Any:
-        """Every catalog SKU's stock: on hand, reserved, available (?local=1: this worker's SKUs only)."""
-        if request.query.get("local"):
-            return web.json({"stock": [s.view() for _, s in sorted(stock_by_sku.local_items())]})
-        rows: dict[str, dict[str, Any]] = {}
+    def rebalancing() -> Problem:
+        return Problem(503, "", "the warehouse's partitions are being assigned; try again shortly",
+                       headers={"Retry-After": "2"})
 
-        def busy() -> Any:
-            return error_json(web, 503, "", "the warehouse's partitions are being assigned; try again shortly")
+    def local_page(limit: int, after: str | None) -> tuple[list[StockLevel], str | None]:
+        return page(((sku, StockLevel(**s.view())) for sku, s in stock_by_sku.local_items()), limit, after)
 
-        try:  # one request per other worker, for all the SKUs it owns
+    @api.operation("GET", "/stock", summary="Stock of every SKU", query=StockQuery, open=True, tag="stock",
+                   answers={200: Answer("One page of stock levels in SKU order", StockPage), 503: busy})
+    async def list_stock(call: Call) -> Reply:
+        """Every catalog SKU's stock: on hand, reserved, available, orders waiting; gathered from the
+        workers that own the SKUs (?local=true: this worker's SKUs only). Open to all."""
+        q: StockQuery = call.query
+        if q.local:
+            levels, cursor = local_page(q.limit, q.after)
+            return Reply(200, StockPage(stock=levels, next=cursor))
+        try:  # one request per worker, for its first `limit` SKUs after the cursor
             owners = {str(app.router.key_store(stock_by_sku.table.name, item.sku)) for item in catalog.skus}
         except (KeyError, TypeError):  # no assignment yet / no metadata for the changelog yet
-            return busy()
+            raise rebalancing() from None
+        rows: list[StockLevel] = []
         for owner in owners:
             if owner == str(app.conf.canonical_url):
-                found = [s.view() for _, s in stock_by_sku.local_items()]
-            else:
-                try:
-                    async with app.http_client.get(f"{owner}/stock", params={"local": "1"}) as r:
-                        if r.status != 200:  # that worker is rebalancing too
-                            return busy()
-                        found = (await r.json())["stock"]
-                except (aiohttp.ClientError, TimeoutError):  # that worker is gone; its partitions move soon
-                    return busy()
-            rows.update((row["sku"], row) for row in found)
-        return web.json({"stock": [rows[item.sku] for item in catalog.skus if item.sku in rows]})
-
-    @app.table_route(table=stock_by_sku.table, match_info="sku")
-    async def owned_stock_item(web: Any, request: Any, sku: str) -> Any:
-        row = local_stock(sku)
-        return web.json(row) if row is not None else not_found(web, sku)
-
-    @app.page("/stock/{sku}")
-    async def stock_item(web: Any, request: Any, sku: str) -> Any:
-        """One SKU's stock, answered by the worker that owns it (?local=1: only from this worker's store)."""
-        if sku not in catalog.sku_set:
-            return not_found(web, sku)
-        if request.query.get("local"):
-            row = local_stock(sku)
-            return web.json(row) if row is not None else not_found(web, sku)
-        return await owned_stock_item(web, request, sku)
-
-    @app.page("/stock/{sku}/receipts")
-    class Receipts(faust.web.View):
-        """POST /stock/{sku}/receipts {"quantity": n}: goods received; waiting orders are served first."""
-
-        async def post(self, request: Any, sku: str) -> Any:
-            if sku not in catalog.sku_set:
-                return not_found(self, sku)
+                rows += local_page(q.limit, q.after)[0]
+                continue
+            params = {"local": "true", "limit": str(q.limit), **({"after": q.after} if q.after else {})}
             try:
-                body = msgspec.json.decode(await request.read())
-            except msgspec.DecodeError as e:
-                return error_json(self, 400, "", f"malformed JSON: {e}")
-            qty = body.get("quantity") if isinstance(body, dict) else None
-            if not isinstance(qty, int) or isinstance(qty, bool) or not 1 <= qty <= 1_000_000:
-                return error_json(self, 422, "quantity", "quantity must be an integer 1..1000000")
-            receipt_id = request.headers.get("Idempotency-Key") or new_id()
-            await warehouse.receive(sku, qty, receipt_id)
-            return self.json({"sku": sku, "quantity": qty, "receipt_id": receipt_id}, status=202)
+                async with app.http_client.get(f"{owner}/stock", params=params) as r:
+                    if r.status != 200:  # that worker is rebalancing too
+                        raise rebalancing()
+                    rows += msgspec.json.decode(await r.read(), type=StockPage).stock
+            except (aiohttp.ClientError, TimeoutError):  # that worker is gone; its partitions move soon
+                raise rebalancing() from None
+        levels, cursor = page(((level.sku, level) for level in rows if level.sku in catalog.sku_set), q.limit, None)
+        return Reply(200, StockPage(stock=levels, next=cursor))
 
-    @app.page("/reservations/{order_id}")
-    async def reservation_view(web: Any, request: Any, order_id: str) -> Any:
-        """One order's reservation as the warehouse sees it (local partitions)."""
-        r = reservations_by_order.get(order_id)
+    @api.operation("GET", "/stock/{sku}", summary="Stock of one SKU", path_types={"sku": Sku}, query=StockQuery,
+                   open=True, tag="stock",
+                   answers={200: Answer("The SKU's stock level", StockLevel), 404: unknown_sku, 503: busy})
+    async def get_stock(call: Call) -> Any:
+        """One SKU's stock, answered by the worker that owns it (?local=true: from this worker's
+        store only). Open to all."""
+        sku = known(call.path["sku"])
+        if not call.query.local:
+            try:  # Faust's router: the worker owning the SKU's partition answers
+                return await app.router.route_req(stock_by_sku.table.name, sku, app.web, call.request)
+            except SameNode:
+                pass
+            except (ServiceUnavailable, aiohttp.ClientError, TimeoutError):  # no owner yet, or it is gone
+                raise rebalancing() from None
+        stock = stock_by_sku.get(sku)
+        if stock is None:
+            raise Problem(404, "sku", f"unknown SKU {sku!r}")
+        return Reply(200, StockLevel(**stock.view()))
+
+    @api.operation("POST", "/stock/{sku}/receipts", summary="Book goods received", path_types={"sku": Sku},
+                   body=Receipt, idempotency_key=True, tag="stock",
+                   answers={202: Answer("Booked: orders waiting for the SKU are served first", ReceiptAccepted),
+                            404: unknown_sku, 503: busy})
+    async def receive_stock(call: Call) -> Reply:
+        """Goods arrived; the receipt is booked through the SKU's partition. With an Idempotency-Key
+        (it becomes the receipt id) a retried receipt is booked once."""
+        sku = known(call.path["sku"])
+        receipt_id = call.idempotency_key() or new_id()
+        try:
+            await asyncio.wait_for(warehouse.receive(sku, call.body.quantity, receipt_id), settings.command_timeout)
+        except TimeoutError:
+            raise Unavailable("Kafka did not take the receipt in time") from None
+        return Reply(202, ReceiptAccepted(sku=sku, quantity=call.body.quantity, receipt_id=receipt_id))
+
+    @api.operation("GET", "/reservations/{order_id}", summary="One order's reservation", tag="stock",
+                   path_types={"order_id": OrderId},
+                   answers={200: Answer("What the order asked for and what is reserved", OrderReservation),
+                            404: Answer("No reservation for this order on this worker", Errors)})
+    async def get_reservation(call: Call) -> Reply:
+        """One order's reservation as this worker sees it (its partitions); needs the token when set."""
+        r = reservations_by_order.get(call.path["order_id"])
         if r is None:
-            return error_json(web, 404, "order_id", "no reservation for this order on this worker")
-        return web.json(msgspec.to_builtins(r))
+            raise Problem(404, "order_id", "no reservation for this order on this worker")
+        return Reply(200, r)
 
     return app

@@ -6,6 +6,9 @@ each status has a rank and an order only ever moves to a higher rank; see TRANSI
 
 from __future__ import annotations
 
+from typing import get_args
+
+from edpo.models.api import Status
 from edpo.models import (
     DeliveryCompleted,
     DeliveryFailed,
@@ -29,7 +32,9 @@ DELIVERED = "DELIVERED"
 CANCELLED = "CANCELLED"
 REJECTED = "REJECTED"
 
-STATUSES: tuple[str, ...] = (
+# The order of the statuses is the API's (edpo/models/api.py), which documents them.
+STATUSES: tuple[str, ...] = get_args(Status)
+assert STATUSES == (
     PLACED, ACCEPTED, AWAITING_STOCK, RESERVED, PACKED, SHIPPED, DELIVERY_FAILED, DELIVERED, CANCELLED, REJECTED,
 )
 

@@ -20,8 +20,10 @@ import mode
 from edpo.camunda.engine import Engine
 from edpo.camunda.worker import TaskHandler, TaskWorker
 from edpo.config import Settings
-from edpo.runtime.consume import Handler, consume
+from edpo.models.api import Health
+from edpo.runtime.consume import TRANSIENT, Handler, consume
 from edpo.runtime.failpoints import Failpoints
+from edpo.runtime.http import MAX_BODY, Answer, Api, Call, Reply, swagger_assets
 from edpo.runtime.publish import Publisher, raw_topic
 from edpo.runtime.tables import StructTable, T
 from edpo.runtime.retry import STARTUP
@@ -35,8 +37,11 @@ READY_CHECK_TIMEOUT = 2.0
 class ServiceApp(faust.App):
     """A Faust app for one instance of one service: RocksDB tables, its own web port and data dir."""
 
-    def __init__(self, service: str, settings: Settings) -> None:
+    def __init__(self, service: str, settings: Settings, *, title: str = "", description: str = "") -> None:
         port = settings.web_port(service)
+        # The service's HTTP contract: operations declared by the service, /openapi.json, /docs,
+        # and the guard every request passes (token, error bodies, outages -> 503).
+        self.api = Api(title or f"EDPO {service} service", description, token=settings.api_token)
         super().__init__(
             f"edpo-{service}",
             broker=f"kafka://{settings.kafka_bootstrap}",
@@ -67,6 +72,7 @@ class ServiceApp(faust.App):
             # the consumer's metadata; Faust then leaves its partitions unassigned until the next metadata
             # refresh (default: 5 min), whose change makes the group rebalance. /health waits for it.
             consumer_metadata_max_age_ms=10_000,
+            web_application_options={"client_max_size": MAX_BODY, "middlewares": [self.api.guard(TRANSIENT)]},
         )
         self.service_name = service
         self.settings = settings
@@ -85,10 +91,12 @@ class ServiceApp(faust.App):
         self.health_details: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
         self.counters: dict[str, int] = {}
 
-        @self.page("/health")
-        async def health(web: Any, request: Any) -> Any:
+        @self.api.operation("GET", "/health", summary="Is this worker ready?", open=True, tag="operations", answers={
+            200: Answer("Ready: partitions assigned, tables recovered, the service's own checks passed", Health),
+            503: Answer("Starting or rebalancing; waiting_for names what it waits for", Health)})
+        async def health(call: Call) -> Reply:
             """200 once the worker is ready (partitions assigned, tables recovered, the service's own
-            checks passed); 503 naming what it waits for while it starts or rebalances."""
+            checks passed); 503 naming what it waits for while it starts or rebalances. Open to all."""
             waiting = await self.waiting_for()
             ready = not waiting
             body: dict[str, Any] = {"service": service, "instance": settings.instance,
@@ -102,10 +110,11 @@ class ServiceApp(faust.App):
                     body[name] = {"error": f"{type(e).__name__}: {e}"}
             if self.counters:
                 body["counters"] = dict(sorted(self.counters.items()))
-            return web.json(body, status=200 if ready else 503)
+            return Reply(200 if ready else 503, body)
 
     async def on_first_start(self) -> None:
         self.conf.datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+        self.api.mount(self.web.web_app.router, swagger_assets())  # before the web server starts
         await super().on_first_start()
 
     def count(self, name: str, n: int = 1) -> None:
@@ -210,11 +219,6 @@ def readiness_gaps(*, recovered: bool, rebalancing: bool, checks: Mapping[str, b
         gaps.append("rebalance")
     gaps.extend(what for what, passed in checks.items() if not passed)
     return gaps
-
-
-def error_json(web: Any, status: int, field: str, message: str) -> Any:
-    """The error body every EDPO endpoint uses: {"errors": [{"field", "message"}]}."""
-    return web.json({"errors": [{"field": field, "message": message}]}, status=status)
 
 
 def run_worker(app: ServiceApp) -> int:

@@ -59,6 +59,9 @@ async def test_unknown_ids_are_404(api: Api) -> None:
 async def test_bad_receipt_is_rejected_and_stock_is_unchanged(api: Api) -> None:
     before = await api.stock("CABLE")
     assert (await api.call("POST", f"{api.warehouse}/stock/CABLE/receipts", json={"quantity": 0}))[0] == 422
-    assert (await api.call("POST", f"{api.warehouse}/stock/CABLE/receipts", data=b"{"))[0] == 400
+    assert (await api.call("POST", f"{api.warehouse}/stock/CABLE/receipts", data=b"{",
+                           headers={"Content-Type": "application/json"}))[0] == 400
+    assert (await api.call("POST", f"{api.warehouse}/stock/CABLE/receipts", data=b'{"quantity": 1}',
+                           headers={"Content-Type": "text/plain"}))[0] == 415
     assert (await api.call("GET", f"{api.orders}/orders?status=NOPE"))[0] == 422
     assert (await api.stock("CABLE"))["on_hand"] == before["on_hand"]

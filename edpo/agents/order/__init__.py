@@ -17,23 +17,35 @@ import asyncio
 import logging
 from typing import Any
 
-import faust
 import mode
 import msgspec
 from camunda.external_task.external_task import ExternalTask, TaskResult
 
 from edpo.agents.order import bridge
 from edpo.agents.order.reconcile import Reconciler
-from edpo.agents.order.store import OrderStore
+from edpo.agents.order.store import OrderStore, parse_order_cursor
 from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
 from edpo.camunda.engine import EngineError
 from edpo.config import Settings
 from edpo.config.catalog import load_catalog
-from edpo.domain.lifecycle import STATUSES, status_for
-from edpo.domain.order import NewOrder, validate_new_order
+from edpo.domain.lifecycle import status_for
+from edpo.domain.order import InvalidOrder, NewOrder, new_order
 from edpo.models import Message
-from edpo.runtime.app import ServiceApp, error_json
-from edpo.runtime.consume import TRANSIENT
+from edpo.models.api import (
+    CancelConflict,
+    CatalogEntry,
+    CatalogPage,
+    Errors,
+    Order,
+    OrderId,
+    OrderPage,
+    OrderQuery,
+    OrdersQuery,
+    OrderSummary,
+    PlaceOrder,
+)
+from edpo.runtime.app import ServiceApp
+from edpo.runtime.http import Answer, Call, Problem, Reply
 from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.runtime.retry import STARTUP
 from edpo.topics import delivery_events_topic, warehouse_events_topic
@@ -167,7 +179,8 @@ class OrderBackground(mode.Service):
 
 def create_app(settings: Settings) -> ServiceApp:
     """The order worker: REST API, lifecycle agent, outbox relay, process bridge, cancel-order task."""
-    app = ServiceApp(SOURCE, settings)
+    app = ServiceApp(SOURCE, settings, title="EDPO order service",
+                     description="Place, follow and cancel orders. Errors: {\"errors\": [{\"field\", \"message\"}]}.")
     app.ready.clear()  # until the database is open and the process deployed
     catalog = load_catalog(settings.catalog)
     orders = Orders(OrderStore(settings.database_url), app.failpoints)
@@ -176,66 +189,60 @@ def create_app(settings: Settings) -> ServiceApp:
     app.agent_over("order_lifecycle", orders.on_event, warehouse_events_topic, delivery_events_topic)
     app.serve_tasks({"cancel-order": orders.cancel_order})
 
-    # --- REST API ---
+    # --- REST API (the contract: edpo/models/api.py; served and described by edpo/runtime/http.py) ---
 
-    def unavailable(web: Any, e: BaseException) -> Any:
-        """The database is away: 503 with Retry-After; nothing was stored, the client retries
-        (with its Idempotency-Key, a retry never places the order twice)."""
-        logger.warning("order API: database unavailable (%s: %s)", type(e).__name__, e)
-        return web.json({"errors": [{"field": "", "message": "the order database is unavailable; retry shortly"}]},
-                        status=503, headers={"Retry-After": "2"})
+    api = app.api
+    api.refine("OrderLine", "sku", enum=[item.sku for item in catalog.skus])
+    outage = Answer("A server is unavailable (the database); nothing was stored: retry after Retry-After seconds "
+                    "with the same Idempotency-Key", Errors, {"Retry-After": "Seconds to wait"})
+    not_found = Answer("No such order", Errors)
 
-    @app.page("/orders")
-    class OrdersView(faust.web.View):
-        """POST /orders places an order; GET /orders?status=&limit= lists them."""
+    @api.operation("POST", "/orders", summary="Place an order", body=PlaceOrder, idempotency_key=True, tag="orders",
+                   answers={201: Answer("The order, stored and on its way", Order,
+                                        {"Location": "The order's URL",
+                                         "Idempotent-Replayed": "true when the Idempotency-Key was known"}),
+                            503: outage})
+    async def place_order(call: Call) -> Reply:
+        """Store a new order (PLACED) with its OrderPlaced event and the warehouse's AcceptOrder
+        command, in one transaction. Unknown SKUs are refused (422)."""
+        try:
+            new = new_order(call.body, catalog.sku_set)
+        except InvalidOrder as e:
+            raise Problem(422, e.errors[0]["field"], e.errors[0]["message"], extra={"errors": e.errors}) from None
+        order, created = await orders.place(new, call.idempotency_key())
+        headers = {"Location": f"/orders/{order['order_id']}"}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return Reply(201, msgspec.convert(order, Order), headers)
 
-        async def post(self, request: faust.web.Request) -> faust.web.Response:
-            raw = await request.read()
-            try:
-                body = msgspec.json.decode(raw) if raw else None
-            except msgspec.DecodeError as e:
-                return error_json(self, 400, "", f"malformed JSON: {e}")
-            new, errors = validate_new_order(body, catalog.sku_set)
-            if new is None:
-                return self.json({"errors": errors}, status=422)
-            try:
-                order, created = await orders.place(new, request.headers.get("Idempotency-Key") or None)
-            except TRANSIENT as e:
-                return unavailable(self, e)
-            headers = {"Location": f"/orders/{order['order_id']}"}
-            if not created:
-                headers["Idempotent-Replayed"] = "true"
-            return self.json(order, status=201, headers=headers)
+    @api.operation("GET", "/orders", summary="List orders, newest first", query=OrdersQuery, tag="orders",
+                   answers={200: Answer("One page of orders", OrderPage), 503: outage})
+    async def list_orders(call: Call) -> Reply:
+        """Orders, newest first, optionally of one status; at most `limit` per page, the next
+        page starts at the cursor `next`. Customer ids are personal: needs the token when set."""
+        q: OrdersQuery = call.query
+        after = None
+        if q.after is not None:
+            after = parse_order_cursor(q.after)
+            if after is None:
+                raise Problem(422, "after", "after must be the `next` cursor of an earlier page")
+        found, cursor = await orders.store.find(q.status, q.limit, after)
+        return Reply(200, OrderPage(orders=[msgspec.convert(o, OrderSummary) for o in found], next=cursor))
 
-        async def get(self, request: faust.web.Request) -> faust.web.Response:
-            status = request.query.get("status") or None
-            if status is not None and status not in STATUSES:
-                return error_json(self, 422, "status", f"unknown status {status!r}")
-            try:
-                limit = int(request.query.get("limit", "100"))
-                if not 1 <= limit <= 1000:
-                    raise ValueError
-            except ValueError:
-                return error_json(self, 422, "limit", "limit must be an integer 1..1000")
-            try:
-                return self.json({"orders": await orders.store.find(status, limit)})
-            except TRANSIENT as e:
-                return unavailable(self, e)
-
-    @app.page("/orders/{order_id}")
-    class OrderView(faust.web.View):
-        """GET /orders/{order_id}: the order with its lines, status history and process."""
-
-        async def get(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
-            try:
-                order = await orders.store.get(order_id)
-            except TRANSIENT as e:
-                return unavailable(self, e)
-            if order is None:
-                return error_json(self, 404, "order_id", f"no order {order_id!r}")
-            if request.query.get("process", "true").lower() not in ("false", "0", "no"):
-                order["process"] = await process_of(order_id)
-            return self.json(order)
+    @api.operation("GET", "/orders/{order_id}", summary="One order", query=OrderQuery,
+                   path_types={"order_id": OrderId}, tag="orders",
+                   answers={200: Answer("The order with its lines, status history and process", Order),
+                            404: not_found, 503: outage})
+    async def get_order(call: Call) -> Reply:
+        """The order with its lines, status history and where its process is (`process`; null
+        when the engine cannot say within 3 s; left out with ?process=false)."""
+        order_id = call.path["order_id"]
+        order = await orders.store.get(order_id)
+        if order is None:
+            raise Problem(404, "order_id", f"no order {order_id!r}")
+        if call.query.process:
+            order["process"] = await process_of(order_id)
+        return Reply(200, msgspec.convert(order, Order))
 
     async def process_of(order_id: str) -> dict[str, Any] | None:
         """The order's process instance as the engine sees it; None (and a warning) when the
@@ -246,27 +253,29 @@ def create_app(settings: Settings) -> ServiceApp:
             logger.warning("order API: process of %s unavailable (%s: %s)", order_id, type(e).__name__, e)
             return None
 
-    @app.page("/orders/{order_id}/cancel")
-    class CancelView(faust.web.View):
-        """POST /orders/{order_id}/cancel: 202 while the courier does not have the goods (the
-        order moves to CANCELLED once compensation is done), 409 with the reason after, 404."""
+    @api.operation("POST", "/orders/{order_id}/cancel", summary="Cancel an order", tag="orders",
+                   path_types={"order_id": OrderId},
+                   answers={202: Answer("Accepted: the process withdraws the delivery, returns the goods and "
+                                        "ends CANCELLED", Order, {"Location": "The order's URL"}),
+                            404: not_found, 409: Answer("Too late (SHIPPED or final): why, and the status",
+                                                        CancelConflict), 503: outage})
+    async def cancel_order(call: Call) -> Reply:
+        """A customer's cancellation: 202 while the courier does not have the goods (asking twice
+        is harmless), 409 with the reason after."""
+        order_id = call.path["order_id"]
+        outcome, found = await orders.request_cancel(order_id)
+        if outcome == "unknown":
+            raise Problem(404, "order_id", f"no order {order_id!r}")
+        if outcome == "conflict":
+            assert found is not None
+            raise Problem(409, "order_id", f"cannot cancel: {found['reason']}", extra={"status": found["status"]})
+        return Reply(202, msgspec.convert(found, Order), {"Location": f"/orders/{order_id}"})
 
-        async def post(self, request: faust.web.Request, order_id: str) -> faust.web.Response:
-            try:
-                outcome, found = await orders.request_cancel(order_id)
-            except TRANSIENT as e:
-                return unavailable(self, e)
-            if outcome == "unknown":
-                return error_json(self, 404, "order_id", f"no order {order_id!r}")
-            if outcome == "conflict":
-                assert found is not None
-                return self.json({"errors": [{"field": "order_id", "message": f"cannot cancel: {found['reason']}"}],
-                                  "status": found["status"]}, status=409)
-            return self.json(found, status=202, headers={"Location": f"/orders/{order_id}"})
-
-    @app.page("/catalog")
-    async def catalog_view(web: Any, request: Any) -> Any:
-        """The SKUs orders may contain."""
-        return web.json({"skus": [msgspec.to_builtins(item) for item in catalog.skus]})
+    @api.operation("GET", "/catalog", summary="The catalog", open=True, tag="orders",
+                   answers={200: Answer("The SKUs orders may contain", CatalogPage)})
+    async def get_catalog(call: Call) -> Reply:
+        """The SKUs orders may contain, with their starting stock. Open to all."""
+        return Reply(200, CatalogPage(skus=[CatalogEntry(sku=i.sku, name=i.name, stock=i.stock)
+                                            for i in catalog.skus]))
 
     return app

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -154,17 +154,40 @@ async def request_cancel(pool: asyncpg.Pool, order_id: str, reason: str) -> tupl
     return "accepted", order
 
 
-async def list_orders(pool: asyncpg.Pool, status: str | None, limit: int) -> list[dict[str, Any]]:
+def order_cursor(created_at: datetime, order_id: str) -> str:
+    """Where a page of orders continues: after this order, newest first."""
+    return f"{int(created_at.timestamp() * 1_000_000)}-{order_id}"
+
+
+def parse_order_cursor(cursor: str) -> tuple[datetime, str] | None:
+    """(created_at, order_id) of a cursor made by order_cursor; None when it is not one."""
+    micros, sep, order_id = cursor.partition("-")
+    if not sep or not micros.isdigit() or not order_id or len(micros) > 17:
+        return None
+    try:
+        return datetime.fromtimestamp(int(micros) / 1_000_000, UTC), order_id
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+async def list_orders(pool: asyncpg.Pool, status: str | None, limit: int,
+                      after: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of orders, newest first, and the cursor of the next page (None on the last)."""
     rows = await pool.fetch(
         "SELECT order_id, status, customer_id, created_at, updated_at FROM orders"
-        " WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC LIMIT $2",
-        status, limit,
+        " WHERE ($1::text IS NULL OR status = $1)"
+        " AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3, $4))"
+        " ORDER BY created_at DESC, order_id DESC LIMIT $2",
+        status, limit + 1, after[0] if after else None, after[1] if after else None,
     )
-    return [
+    more = len(rows) > limit
+    rows = rows[:limit]
+    page = [
         {"order_id": r["order_id"], "status": r["status"], "customer_id": r["customer_id"],
          "created_at": _iso(r["created_at"]), "updated_at": _iso(r["updated_at"])}
         for r in rows
     ]
+    return page, (order_cursor(rows[-1]["created_at"], rows[-1]["order_id"]) if more else None)
 
 
 async def apply_status(conn: asyncpg.Connection, msg: Message) -> str | None:
@@ -302,8 +325,9 @@ class OrderStore:
     async def get(self, order_id: str) -> dict[str, Any] | None:
         return await get_order(await self.pool(), order_id)
 
-    async def find(self, status: str | None, limit: int) -> list[dict[str, Any]]:
-        return await list_orders(await self.pool(), status, limit)
+    async def find(self, status: str | None, limit: int,
+                   after: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        return await list_orders(await self.pool(), status, limit, after)
 
     async def record_event(self, msg: Message) -> tuple[str | None, bool]:
         """Acknowledgment, lifecycle and process inbox for one event, in one transaction.
