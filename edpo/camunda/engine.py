@@ -57,6 +57,7 @@ class Engine:
     def __init__(self, base_url: str, auth: tuple[str, str] | None = None) -> None:
         """auth: (user, password) sent with every request (HTTP basic auth)."""
         self.base_url = base_url.rstrip("/")
+        self.user = auth[0] if auth else None
         # A header rather than aiohttp.BasicAuth, which aiohttp 3.14 deprecates.
         self._headers = {"Authorization": basic_authorization(*auth)} if auth else {}
         self._session: aiohttp.ClientSession | None = None
@@ -87,6 +88,11 @@ class Engine:
         async with self.session.request(method, f"{self.base_url}{path}", **kwargs) as r:
             text = await r.text()
             body: Any = json.loads(text) if text and r.content_type == "application/json" else text
+            if r.status == 401:
+                raise EngineError(r.status, "the engine wants HTTP basic auth and this client sends none"
+                                  if self.user is None else f"the engine refuses the user {self.user!r}: a wrong "
+                                  "password (EDPO_CAMUNDA_PASSWORD, RUN_DIR/secrets.env), or locked for a while "
+                                  "after wrong ones")
             if r.status >= 300:
                 raise EngineError(r.status, body)
             return body

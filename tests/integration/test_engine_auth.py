@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from edpo.camunda.engine import Engine, basic_authorization
+from edpo.camunda.engine import Engine, EngineError, basic_authorization
 from edpo.config import Settings
 
 
@@ -43,6 +43,17 @@ async def test_the_service_account_of_the_settings_is_let_in(servers: Settings, 
     async with Engine.from_settings(servers) as engine:
         assert await engine.request("GET", f"/user/{servers.camunda_user}/profile") == {
             "id": servers.camunda_user, "firstName": "EDPO", "lastName": "services", "email": None}
+
+
+async def test_a_client_the_engine_refuses_says_who_it_tried_to_be(servers: Settings) -> None:
+    stranger = f"nobody{uuid.uuid4().hex[:8]}"
+    async with Engine(servers.camunda_url, auth=(stranger, "x")) as engine:
+        with pytest.raises(EngineError, match=f"refuses the user '{stranger}'") as refused:
+            await engine.request("GET", "/version")
+    assert refused.value.status == 401
+    async with Engine(servers.camunda_url) as anonymous:
+        with pytest.raises(EngineError, match="sends none"):
+            await anonymous.request("GET", "/version")
 
 
 async def test_a_wrong_password_is_refused(servers: Settings, http: aiohttp.ClientSession, engine: Engine) -> None:
