@@ -22,15 +22,15 @@ CustomerId = Annotated[str, Meta(min_length=1, max_length=200, pattern=_TEXT,
 Address = Annotated[str, Meta(min_length=1, max_length=500, pattern=_TEXT,
                               description="Where the goods go, on one line (printable text, at most 500 characters)")]
 _SKU = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-_CURSOR = r"^[A-Za-z0-9._~=-]+$"
+# An order page's cursor: the last order's creation time (microseconds since 1970) and id.
+_ORDER_CURSOR = r"^[0-9]{1,17}-[A-Za-z0-9]{1,64}$"
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=_SKU,
                           description="A catalog SKU (GET /catalog lists them)")]
 Quantity = Annotated[int, Meta(ge=1, le=10_000, description="How many units (1..10000)")]
 OrderId = Annotated[str, Meta(min_length=1, max_length=64, description="The order's id, as POST /orders returned it")]
 Limit = Annotated[int, Meta(ge=1, le=1000, description="Most entries on one page (1..1000)")]
-Cursor = Annotated[str, Meta(min_length=1, max_length=200, pattern=_CURSOR,
-                             description="Where the page starts: the `next` of the page before")]
 # An order's status, in lifecycle order (edpo/domain/lifecycle.py says which event moves it where).
+OrderCursor = Annotated[str, Meta(pattern=_ORDER_CURSOR, description="Where the page starts: the `next` of the page before")]
 Status = Literal["PLACED", "ACCEPTED", "AWAITING_STOCK", "RESERVED", "PACKED", "SHIPPED", "DELIVERY_FAILED",
                  "DELIVERED", "CANCELLED", "REJECTED"]
 
@@ -39,7 +39,7 @@ MAX_LINES = 100
 PATTERN_MESSAGES = {
     _TEXT: "must be printable text: no control characters (NUL, newline, ...), not blank",
     _SKU: "must be a SKU: letters, digits, '.', '_' and '-'",
-    _CURSOR: "must be the `next` cursor of an earlier page",
+    _ORDER_CURSOR: "must be the `next` cursor of an earlier page",
 }
 
 
@@ -148,7 +148,7 @@ class OrderPage(msgspec.Struct, frozen=True, kw_only=True):
 class OrdersQuery(msgspec.Struct, frozen=True, kw_only=True):
     status: Status | None = None
     limit: Limit = 100
-    after: Cursor | None = None
+    after: OrderCursor | None = None
 
 
 class OrderQuery(msgspec.Struct, frozen=True, kw_only=True):

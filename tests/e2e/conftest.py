@@ -13,6 +13,7 @@ import pytest
 
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
+from edpo.runtime.http import bearer
 
 FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
 T = TypeVar("T")
@@ -108,7 +109,7 @@ async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
 
 @pytest.fixture
 async def api(stack: Settings) -> Api:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=bearer(stack.api_token)) as session:
         yield Api(stack, session)
 
 

@@ -207,6 +207,7 @@ async def test_bad_requests_get_a_4xx_with_an_error_body(client: TestClient) -> 
         (client.post("/receipts", data=b"[" * 100_000, headers={**AUTH, "Content-Type": "application/json"}), 413),
         (client.post("/receipts", json={"quantity": 1}, headers={**AUTH, "Idempotency-Key": "k" * 201}), 400),
         (client.post("/receipts", json={"quantity": 1}, headers={**AUTH, "Idempotency-Key": "a b"}), 400),
+        (client.post("/receipts", json={"quantity": 1}, headers={**AUTH, "Idempotency-Key": ""}), 400),
         (client.post("/receipts", json={"quantity": 13}, headers=AUTH), 409),
         (client.delete("/things"), 401),
         (client.get("/nowhere", headers=AUTH), 404),
@@ -258,3 +259,15 @@ def test_each_service_document_is_valid_openapi_3_1_and_matches_its_routes(servi
             assert secured == (not app.api.is_open(method.upper(), path)), (method, path)
             if secured:
                 assert "401" in op["responses"]
+
+
+def test_whole_floats_are_integers_as_in_json_schema_others_are_refused() -> None:
+    from edpo.runtime.http import decode_body
+
+    decoder = msgspec.json.Decoder(Receipt)
+    assert decode_body(decoder, Receipt, b'{"quantity": 6693.0}') == Receipt(quantity=6693)
+    for raw, status in [(b'{"quantity": 1.5}', 422), (b'{"quantity": 1e400}', 422), (b'{"quantity": "2"}', 422),
+                        (b"{\"quantity\": " + b"[" * 30000, 422), (b'{"quantity": 0.0}', 422)]:
+        with pytest.raises(Problem) as e:
+            decode_body(decoder, Receipt, raw)
+        assert e.value.status == status, raw[:30]
