@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EDPO := $(BIN)/edpo
 STAMP := .run/stamps
 
-.PHONY: setup up down status demo test test-unit test-integration test-e2e test-faults bench docs clean
+.PHONY: setup up down status demo test test-unit test-integration test-e2e test-faults fuzz bench docs clean
 
 $(STAMP):
 	@mkdir -p $(STAMP)
@@ -57,6 +57,10 @@ test test-e2e: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
 # Deadlines of seconds: the escalation tests raise dispatcher tasks without waiting minutes.
 test test-e2e: export EDPO_DELIVERY_TIMEOUT ?= PT5S
 test test-e2e: export EDPO_STOCK_TIMEOUT ?= PT5S
+# The suite's stack requires an API token, so the token checks are tested: a random one per
+# checkout (.run/test-api-token), never committed. Another token is taken from EDPO_API_TOKEN.
+test test-e2e fuzz: export EDPO_API_TOKEN ?= $(shell mkdir -p .run && (test -s .run/test-api-token || \
+	$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))' > .run/test-api-token) && cat .run/test-api-token)
 test: up
 	@$(BIN)/pytest -q -rfE
 
@@ -69,6 +73,16 @@ test-integration: setup
 
 test-e2e: up
 	@$(BIN)/pytest -q tests/e2e
+
+# Fuzzing only, longer than in `make test` (FUZZ_EXAMPLES per operation and mode; 60 there).
+fuzz: export FUZZ_EXAMPLES ?= 500
+fuzz: export EDPO_FACTORY_LEAD_TIME ?= 1
+fuzz: export EDPO_COURIER_TIME ?= 0.5
+fuzz: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
+fuzz: export EDPO_DELIVERY_TIMEOUT ?= PT5S
+fuzz: export EDPO_STOCK_TIMEOUT ?= PT5S
+fuzz: up
+	@$(BIN)/pytest -q -rfE tests/fuzz
 
 # Fault injection on a stack of its own (.run/faults, other ports): kill -9 of every worker at
 # its crash points and of every server, scale-out, duplicated and bad records (tests/faults).

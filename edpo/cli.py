@@ -10,12 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from edpo.config import Settings, settings_table_markdown
 from edpo.dev.process import StackError
-from edpo.runtime.http import bearer
+from edpo.runtime.http import request_json
 
 
 def _say(msg: str) -> None:
@@ -96,14 +95,8 @@ def stack_status(settings: Settings) -> bool:
 
 
 def _http(settings: Settings, method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **bearer(settings.api_token)})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+        return request_json(method, url, body, settings.api_token)
     except urllib.error.URLError as e:
         raise StackError(f"cannot reach {url}: {e.reason}; is the stack up (`edpo up`)?") from None
 

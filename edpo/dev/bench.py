@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from edpo.config import Settings
+from edpo.runtime.http import bearer
 
 SKU = "CABLE"
 
@@ -95,7 +96,7 @@ async def burst(c: Client, n: int, timeout: float = 600) -> tuple[float, float]:
 
 
 async def _run(settings: Settings, orders: int, runs: int) -> dict[str, Any]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), headers=bearer(settings.api_token)) as http:
         c = Client(settings, http)
         await c.stock_up(runs + orders + 1)
         await latency(c, 1)  # warm-up: connections, JIT of the engine

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
-from typing import Any
 
 from edpo.config import Settings
+from edpo.runtime.http import request_json
 
 FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
 ESCALATED = "courier silent: escalated to a dispatcher"
@@ -34,16 +31,6 @@ SAMPLES = [
 ]
 
 
-def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 def _admin_password(settings: Settings) -> str:
     """The Cockpit password to show: a generated dev value is shown; one set by variable is only named."""
     origin = settings.secret_origin("camunda_admin_password")
@@ -61,18 +48,18 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     """Place the samples, print every status change until all are final, then the URLs."""
     api = f"http://{settings.host}:{settings.web_ports['order']}"
     orders: dict[str, tuple[str, list[str]]] = {}
-    _, dock = _call("GET", f"http://{settings.host}:{settings.web_ports['warehouse']}/stock/DOCK")
+    _, dock = request_json("GET", f"http://{settings.host}:{settings.web_ports['warehouse']}/stock/DOCK", token=settings.api_token)
     short = dock["available"] + 2 if isinstance(dock, dict) and "available" in dock else 3
     for label, body in SAMPLES:
         body = {**body, "items": [{**i, "quantity": short} if i["sku"] == "DOCK" else i for i in body["items"]]}
-        status, reply = _call("POST", f"{api}/orders", body)
+        status, reply = request_json("POST", f"{api}/orders", body, token=settings.api_token)
         if status != 201:
             _out(f"could not place the '{label}' order: {status} {reply}")
             return 1
         orders[reply["order_id"]] = (label, [])
         _out(f"placed {reply['order_id'][:8]}  {label}")
         if label == CANCELLED_BY_CUSTOMER:
-            status, reply = _call("POST", f"{api}/orders/{reply['order_id']}/cancel")
+            status, reply = request_json("POST", f"{api}/orders/{reply['order_id']}/cancel", token=settings.api_token)
             _out(f"         POST /orders/{{id}}/cancel -> {status}")
     _out("")
     t0 = time.monotonic()
@@ -80,7 +67,7 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     while time.monotonic() - t0 < timeout:
         done = 0
         for order_id, (label, seen) in orders.items():
-            _, order = _call("GET", f"{api}/orders/{order_id}")
+            _, order = request_json("GET", f"{api}/orders/{order_id}", token=settings.api_token)
             for entry in order["history"][len(seen):]:
                 seen.append(entry["status"])
                 detail = f"  ({entry['detail']})" if entry.get("detail") else ""
@@ -101,7 +88,8 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     h = settings.host
     _out(f"""
 Look around:
-  Order API         {api}/orders
+  Order API         {api}/orders   (described at {api}/docs, {api}/openapi.json)
+  Warehouse API     http://{h}:{settings.web_ports['warehouse']}/docs
   Stock             http://{h}:{settings.web_ports['warehouse']}/stock
   Table views       http://{h}:{settings.web_ports['warehouse']}/table/   (also on :{settings.web_ports['factory']} and :{settings.web_ports['delivery']})
   Production        http://{h}:{settings.web_ports['factory']}/production
@@ -109,6 +97,8 @@ Look around:
   Camunda Cockpit   http://{h}:{settings.camunda_port}/camunda/app/cockpit/
   Camunda Tasklist  http://{h}:{settings.camunda_port}/camunda/app/tasklist/  (group dispatchers)
   Log in as         {settings.camunda_admin_user}, password {_admin_password(settings)}
+  API token         {"none: EDPO_API_TOKEN is not set, the APIs are open (see docs/security.md)" if not settings.api_token
+                     else "EDPO_API_TOKEN (send Authorization: Bearer <token>; /health, /docs, /catalog, stock are open)"}
 The escalated order waits for you in Tasklist: claim "Resolve overdue delivery" and decide
 (retry, cancel or wait). The stack keeps running; `make down` stops it.""")
     unfinished = [o for o, (_, seen) in orders.items() if not seen or seen[-1] not in FINAL | {"ESCALATED"}]

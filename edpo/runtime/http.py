@@ -14,8 +14,11 @@ done here for every route, Faust's own views included (`guard`):
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,10 +226,15 @@ class Api:
     def _serve(self, op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         query_type, body_type = op.query, op.body
         body_decoder = msgspec.json.Decoder(body_type) if body_type is not None else None
+        known_query = {f.encode_name for f in msgspec.structs.fields(query_type)} if query_type is not None else set()
 
         async def serve(request: web.Request) -> web.StreamResponse:
             try:
                 path = {name: _convert(request.match_info[name], t, name) for name, t in op.path_types.items()}
+                unknown = sorted(set(request.query) - known_query)
+                if unknown:
+                    raise Problem(422, unknown[0], f"unknown query parameter {unknown[0]!r}"
+                                  + (f"; this operation takes {', '.join(sorted(known_query))}" if known_query else ""))
                 query = _convert(dict(request.query), query_type, "") if query_type is not None else None
                 body = None
                 if body_decoder is not None:
@@ -348,8 +356,10 @@ class Api:
         error = Answer
         if parameters or op.body is not None:
             answers.setdefault(422, error("A path, query or body value breaks its constraints", Errors))
-        if op.body is not None or op.idempotency_key:
-            answers.setdefault(400, error("Malformed JSON or a malformed header", Errors))
+        # Any request can be malformed below HTTP's application layer: aiohttp answers a request
+        # line or header over 8190 bytes itself, in plain text, before any EDPO code runs.
+        answers.setdefault(400, error("Malformed request: malformed JSON or header (JSON body), or a request line "
+                                      "or header over 8190 bytes (plain text, from the HTTP server)", Errors))
         if op.body is not None:
             answers.setdefault(413, error(f"The body is larger than {MAX_BODY} bytes", Errors))
             answers.setdefault(415, error("The body is not application/json", Errors))
@@ -361,6 +371,8 @@ class Api:
             entry: dict[str, Any] = {"description": answer.description}
             if answer.type is not None:
                 entry["content"] = {"application/json": {"schema": schema_of[answer.type]}}
+            if status == 400:
+                entry.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
             if answer.headers:
                 entry["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                                     for name, text in answer.headers.items()}
@@ -401,6 +413,19 @@ def _unauthorized() -> web.Response:
 def bearer(token: str) -> dict[str, str]:
     """The header a client sends with the API token (none when no token is set)."""
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def request_json(method: str, url: str, body: Any = None, token: str = "", timeout: float = 10) -> tuple[int, Any]:
+    """A blocking JSON request as the command line makes it: (status, decoded body). A server
+    that cannot be reached raises urllib.error.URLError."""
+    data = msgspec.json.encode(body) if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **bearer(token)})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
 
 
 def swagger_assets() -> Path | None:

@@ -54,6 +54,7 @@ os.environ.update(FAULT_ENV)  # before Settings() is built; workers inherit it
 from edpo.camunda import ORDER_FULFILMENT  # noqa: E402
 from edpo.camunda.engine import Engine  # noqa: E402
 from edpo.config import SERVICES, Settings  # noqa: E402
+from edpo.runtime.http import bearer  # noqa: E402
 
 FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
 # How long a scenario may take to drain and the stock to settle before the next one. Generous:
@@ -146,7 +147,7 @@ class Stack:
     async def sole_owner(self, service: str) -> bool:
         """Worker 1 of the service owns every partition of its tables (no other worker holds any)."""
         url = f"http://{self.s.host}:{self.s.web_port(service, 1)}"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=bearer(self.s.api_token)) as http:
             async with http.get(f"{url}/router/") as r:
                 owners = await r.json()
         return set(owners) <= {url}
@@ -347,7 +348,7 @@ async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: i
     at `rate`/s, inject `fault` after `fault_after` of them (it returns its
     recovery figures), wait until every order is final and the stock settled, then assert the
     guarantees. Returns the outcome for the reliability table."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http, \
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15), headers=bearer(settings.api_token)) as http, \
             Engine.from_settings(settings) as engine:
         traffic = Traffic(settings, http)
         try:

@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
 
@@ -59,8 +59,29 @@ class Tally:
 TALLY = Tally()
 
 
-def _exercise(case: Any, stack: Settings, service: str) -> None:
+def _modest(case: Any) -> None:
+    """Valid orders and receipts with a few units, not up to 10,000 and 1,000,000: the stack's
+    stock stays usable for whoever uses it next (orders for thousands of units would set the
+    factory to work for many minutes, receipts would bury the SKUs). The ranges themselves are
+    checked by the negative cases here and by tests/unit/test_api_contract.py."""
+    body = case.body
+    if case.operation.method.upper() != "POST" or not isinstance(body, dict):
+        return
+    if case.operation.path == "/orders" and isinstance(body.get("items"), list):
+        for line in body["items"]:
+            if isinstance(line, dict) and isinstance(line.get("quantity"), int):
+                line["quantity"] = 1 + line["quantity"] % 3
+    elif case.operation.path.endswith("/receipts") and isinstance(body.get("quantity"), int):
+        body["quantity"] = 1 + body["quantity"] % 5
+
+
+def _exercise(case: Any, stack: Settings, service: str, mode: GenerationMode) -> None:
     """Send the case with the token and check the response with every schemathesis check."""
+    if mode is GenerationMode.POSITIVE:
+        _modest(case)
+    # A query parameter without a name is dropped by the HTTP client: the service never sees
+    # the invalid part, and its 200 would be a false finding.
+    assume("" not in (case.query or {}))
     base = f"http://{stack.host}:{stack.web_port(service)}"
     response = case.call(base_url=base, headers=bearer(stack.api_token), timeout=30)
     TALLY.record(case, response)
@@ -92,7 +113,7 @@ def test_every_operation_answers_generated_requests_as_documented(service: str, 
         @HYPOTHESIS
         @given(case=operation.as_strategy(generation_mode=mode))
         def fuzz(case: Any) -> None:
-            _exercise(case, stack, service)
+            _exercise(case, stack, service, mode)
 
         try:
             fuzz()
