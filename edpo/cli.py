@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="dlq_cmd", required=True)
     dlist = dsub.add_parser("list", help="one line per dead letter on the dead-letter topic")
     dlist.add_argument("--json", action="store_true", help="one JSON object per line, with payload and error")
+    dlist.add_argument("--limit", type=int, default=100, help="most dead letters shown (default 100)")
+    dlist.add_argument("--after", metavar="ID", help="start after this dead letter (the id the last page named)")
     replay = dsub.add_parser("replay", help="send dead letters' payloads back to their topics, with their keys")
     replay.add_argument("ids", nargs="*", metavar="ID", help="dead letter ids (see `edpo dlq list`)")
     replay.add_argument("--all", action="store_true", help="every dead letter not replayed yet (truncated ones are refused, without failing)")
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                 from edpo.dev import dlq
 
                 if args.dlq_cmd == "list":
-                    return dlq.list_command(settings, as_json_lines=args.json, say=_say)
+                    return dlq.list_command(settings, as_json_lines=args.json, say=_say, limit=max(1, args.limit),
+                                            after=args.after)
                 return dlq.replay_command(settings, args.ids, everything=args.all, force=args.force, say=_say)
     except StackError as e:
         sys.stderr.write(f"edpo: {e}\n")

@@ -205,19 +205,35 @@ async def read_values(bootstrap: str, *, timeout: float = READ_TIMEOUT) -> list[
         await consumer.stop()
 
 
-async def _list(settings: Settings, as_json_lines: bool, say: Say) -> int:
+def page_of(found: list[Entry], limit: int, after: str | None) -> tuple[list[Entry], str | None]:
+    """The dead letters after the one with id `after` (in the topic's order), at most limit, and
+    the id to continue after (None on the last page)."""
+    start = 0
+    if after is not None:
+        ids = [e.letter.id for e in found]
+        if after not in ids:
+            raise StackError(f"no dead letter {after!r} to continue after (see `edpo dlq list`)")
+        start = ids.index(after) + 1
+    shown = found[start:start + limit]
+    return shown, (shown[-1].letter.id if start + limit < len(found) and shown else None)
+
+
+async def _list(settings: Settings, as_json_lines: bool, say: Say, limit: int = 100, after: str | None = None) -> int:
     found, unreadable = entries(await read_values(settings.kafka_bootstrap))
     if unreadable:
         logger.warning("%d records on %s are not dead letters and were left out", unreadable, dead_letters_topic.name)
+    shown, more = page_of(found, limit, after)
     if as_json_lines:
-        for entry in found:
+        for entry in shown:
             say(json.dumps(as_json(entry), ensure_ascii=False))
         return 0
     say(HEADER)
-    for entry in found:
+    for entry in shown:
         say(line(entry))
     replayed = sum(e.replayed for e in found)
     say(f"{len(found)} dead letters, {replayed} replayed, {sum(state(e) == 'no' for e in found)} waiting")
+    if more:
+        say(f"{len(shown)} shown; the next ones: edpo dlq list --after {more}")
     return 0
 
 
@@ -253,9 +269,11 @@ async def _replay(settings: Settings, ids: Sequence[str], everything: bool, forc
     return 1 if todo.refused and not everything else 0
 
 
-def list_command(settings: Settings, *, as_json_lines: bool, say: Say) -> int:
-    """`edpo dlq list [--json]`: one line per dead letter (JSON lines with --json)."""
-    return asyncio.run(_list(settings, as_json_lines, say))
+def list_command(settings: Settings, *, as_json_lines: bool, say: Say, limit: int = 100,
+                 after: str | None = None) -> int:
+    """`edpo dlq list [--json] [--limit N] [--after ID]`: one line per dead letter (JSON lines
+    with --json), at most N, starting after the dead letter ID."""
+    return asyncio.run(_list(settings, as_json_lines, say, limit, after))
 
 
 def replay_command(settings: Settings, ids: Sequence[str], *, everything: bool, force: bool, say: Say) -> int:

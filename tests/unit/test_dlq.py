@@ -141,3 +141,18 @@ async def test_dead_letter_without_key_is_replayed_without_key() -> None:
 def test_replay_needs_ids_or_all_but_not_both(ids: list[str], everything: bool) -> None:
     with pytest.raises(StackError, match="ids or --all"):
         dlq.replay_command(Settings(), ids, everything=everything, force=False, say=lambda _: None)
+
+
+def test_list_pages_walk_every_dead_letter_once_and_an_unknown_cursor_is_an_error() -> None:
+    found = _entries(*[_letter(f"d{i}", minute=i) for i in range(7)])
+    seen: list[str] = []
+    after = None
+    while True:
+        shown, after = dlq.page_of(found, 3, after)
+        seen += [e.letter.id for e in shown]
+        if after is None:
+            break
+    assert seen == [e.letter.id for e in found] and len(set(seen)) == 7
+    assert dlq.page_of(found, 7, None)[1] is None
+    with pytest.raises(StackError, match="no dead letter 'nope'"):
+        dlq.page_of(found, 3, "nope")
