@@ -61,7 +61,7 @@ def describe_differences(differences: Mapping[str, Mapping[str, tuple[Any, Any]]
 
 
 def _shown(name: str, value: Any) -> str:
-    if ("password" in name or "token" in name) and value:
+    if ("password" in name or "token" in name or name in ("database_url", "camunda_db_url")) and value:
         return "'***'"  # that it differs is enough; the value stays out of test reports
     return str(value) if isinstance(value, Path) else repr(value)
 

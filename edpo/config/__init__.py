@@ -102,10 +102,10 @@ class Settings(BaseSettings):
         "on start) or `h2` (a file in RUN_DIR; a kill -9 of the engine can corrupt it)",
     )
     camunda_db_url: str = Field(
-        "", description="JDBC URL of the engine database, overrides CAMUNDA_DB (default: jdbc:postgresql://HOST:PG_PORT/camunda)"
+        "", repr=False, description="JDBC URL of the engine database, overrides CAMUNDA_DB (default: jdbc:postgresql://HOST:PG_PORT/camunda)"
     )
     camunda_db_user: str = Field("", description="Engine database user (default: camunda; sa for H2)")
-    camunda_db_password: str = Field("", description="Engine database password (default: none, the local cluster trusts)")
+    camunda_db_password: str = Field("", repr=False, description="Engine database password (default: none, the local cluster trusts)")
     camunda_db_pool: int = Field(10, ge=2, description="Most connections in the engine's database pool (HikariCP)")
     camunda_cleanup_window: str = Field(
         "00:00-23:59", pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         "", description="Directory of the PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)"
     )
     database_url: str = Field(
-        default_factory=lambda s: f"postgresql://edpo@{s['host']}:{s['pg_port']}/edpo", description="Order service database (default: postgresql://edpo@HOST:PG_PORT/edpo)"
+        repr=False, default_factory=lambda s: f"postgresql://edpo@{s['host']}:{s['pg_port']}/edpo", description="Order service database (default: postgresql://edpo@HOST:PG_PORT/edpo)"
     )
     partitions: int = Field(4, ge=1, description="Partitions of every EDPO topic")
     order_port: int = Field(6066, description="Order service web port (REST API + table views)")

@@ -25,6 +25,11 @@ import aiohttp
 import asyncpg
 import pytest
 import schemathesis
+# Imported now, at collection: schemathesis imports it lazily, deep inside a running test, where
+# pytest's assertion rewriter parsing it hit CPython 3.11.7's "SystemError: AST constructor
+# recursion depth mismatch" (seen only after the end-to-end tests had run in the same session).
+import schemathesis.generation.jsonschema.builder  # noqa: F401
+import schemathesis.generation.jsonschema.strategy  # noqa: F401
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation.modes import GenerationMode
