@@ -235,6 +235,9 @@ class Api:
                 if unknown:
                     raise Problem(422, unknown[0], f"unknown query parameter {unknown[0]!r}"
                                   + (f"; this operation takes {', '.join(sorted(known_query))}" if known_query else ""))
+                repeated = sorted(name for name in set(request.query) if len(request.query.getall(name)) > 1)
+                if repeated:
+                    raise Problem(422, repeated[0], f"query parameter {repeated[0]!r} given more than once")
                 query = _convert(dict(request.query), query_type, "") if query_type is not None else None
                 body = None
                 if body_decoder is not None:
