@@ -8,12 +8,16 @@ import msgspec
 
 
 class CatalogItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A SKU orders may contain, with its name and starting stock."""
+
     sku: str
     name: str = ""
     stock: int = 0
 
 
 class Catalog(msgspec.Struct, frozen=True, kw_only=True):
+    """The SKUs orders may contain (GET /catalog)."""
+
     skus: list[CatalogItem]
 
     @property

@@ -155,18 +155,6 @@ class OrderQuery(msgspec.Struct, frozen=True, kw_only=True):
     process: bool = True  # false: skip asking the engine (for polling)
 
 
-class CatalogEntry(msgspec.Struct, frozen=True, kw_only=True):
-    sku: str
-    name: str = ""
-    stock: int = 0
-
-
-class CatalogPage(msgspec.Struct, frozen=True, kw_only=True):
-    """The SKUs orders may contain, with their starting stock."""
-
-    skus: list[CatalogEntry]
-
-
 # --- warehouse service -----------------------------------------------------------------------
 
 

@@ -27,14 +27,12 @@ from edpo.agents.order.store import OrderStore, parse_order_cursor
 from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
 from edpo.camunda.engine import EngineError
 from edpo.config import Settings
-from edpo.config.catalog import load_catalog
+from edpo.config.catalog import Catalog, load_catalog
 from edpo.domain.lifecycle import status_for
 from edpo.domain.order import InvalidOrder, NewOrder, new_order
 from edpo.models import Message
 from edpo.models.api import (
     CancelConflict,
-    CatalogEntry,
-    CatalogPage,
     Errors,
     Order,
     OrderId,
@@ -272,10 +270,9 @@ def create_app(settings: Settings) -> ServiceApp:
         return Reply(202, msgspec.convert(found, Order), {"Location": f"/orders/{order_id}"})
 
     @api.operation("GET", "/catalog", summary="The catalog", open=True, tag="orders",
-                   answers={200: Answer("The SKUs orders may contain", CatalogPage)})
+                   answers={200: Answer("The SKUs orders may contain, with their starting stock", Catalog)})
     async def get_catalog(call: Call) -> Reply:
         """The SKUs orders may contain, with their starting stock. Open to all."""
-        return Reply(200, CatalogPage(skus=[CatalogEntry(sku=i.sku, name=i.name, stock=i.stock)
-                                            for i in catalog.skus]))
+        return Reply(200, catalog)
 
     return app
