@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 # Largest request body any endpoint takes (an order of 100 lines is about 6 KiB).
 MAX_BODY = 64 * 1024
 RETRY_AFTER = "2"
-# Idempotency keys: visible ASCII, as a client would generate (UUIDs, hashes, counters).
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+# Idempotency keys: printable ASCII, spaces inside allowed (UUIDs, hashes, "order 17 retry"); no
+# space at either end, which HTTP would strip.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
 # Reads anyone may make when a token is set: nothing personal, nothing that changes state.
 ALWAYS_OPEN = ("/health", "/openapi.json", "/docs", "/docs/")
 DOCS_STATIC = "/docs/static"
@@ -81,12 +82,13 @@ class Call:
         return self.request.headers
 
     def idempotency_key(self) -> str | None:
-        """The Idempotency-Key header, checked: visible ASCII, 1..200 characters."""
+        """The Idempotency-Key header, checked: printable ASCII, 1..200 characters, no space at either end."""
         key = self.request.headers.get("Idempotency-Key")
         if key is None:
             return None
         if not IDEMPOTENCY_KEY.fullmatch(key):
-            raise Problem(400, "Idempotency-Key", "Idempotency-Key must be 1..200 visible ASCII characters")
+            raise Problem(400, "Idempotency-Key", "Idempotency-Key must be 1..200 printable ASCII characters, "
+                          "not starting or ending with a space")
         return key
 
 

@@ -100,7 +100,7 @@ async def test_hostile_raw_bodies_get_a_4xx_error_body_and_store_nothing(api: Ap
     assert await _counts(api.s.database_url) == before
 
 
-@pytest.mark.parametrize("key", ["k" * 201, "two words", "", "caf\u00e9"])
+@pytest.mark.parametrize("key", ["k" * 201, "", "caf\u00e9"])
 async def test_a_malformed_idempotency_key_is_a_400_and_stores_nothing(api: Api, key: str) -> None:
     before = await _counts(api.s.database_url)
     async with api.http.post(f"{api.orders}/orders", json=VALID, headers={"Idempotency-Key": key}) as r:
