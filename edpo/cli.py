@@ -96,9 +96,12 @@ def stack_status(settings: Settings) -> bool:
 
 def _http(settings: Settings, method: str, url: str, body: Any = None) -> tuple[int, Any]:
     try:
-        return request_json(method, url, body, settings.api_token)
+        status, reply = request_json(method, url, body, settings.api_token)
     except urllib.error.URLError as e:
         raise StackError(f"cannot reach {url}: {e.reason}; is the stack up (`edpo up`)?") from None
+    if status == 401:
+        raise StackError(f"{url} needs the API token: set EDPO_API_TOKEN to the one the workers were started with")
+    return status, reply
 
 
 def _parse_item(text: str) -> dict[str, Any]:

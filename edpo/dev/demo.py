@@ -53,6 +53,10 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     for label, body in SAMPLES:
         body = {**body, "items": [{**i, "quantity": short} if i["sku"] == "DOCK" else i for i in body["items"]]}
         status, reply = request_json("POST", f"{api}/orders", body, token=settings.api_token)
+        if status == 401:
+            _out("the running workers require an API token (a stack `make test` started has one): set "
+                 "EDPO_API_TOKEN, or restart them without one: `make down && make demo`")
+            return 1
         if status != 201:
             _out(f"could not place the '{label}' order: {status} {reply}")
             return 1
