@@ -102,6 +102,9 @@ class Answer:
     description: str
     type: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)  # header name -> description
+    # OpenAPI links: name -> (operationId, {parameter: runtime expression}), e.g. the order a
+    # POST created -> GET /orders/{order_id} with "$response.body#/order_id".
+    links: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -378,6 +381,9 @@ class Api:
                 entry["content"] = {"application/json": {"schema": schema_of[answer.type]}}
             if status == 400:
                 entry.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
+            if answer.links:
+                entry["links"] = {name: {"operationId": target, "parameters": dict(parameters)}
+                                  for name, (target, parameters) in answer.links.items()}
             if answer.headers:
                 entry["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                                     for name, text in answer.headers.items()}

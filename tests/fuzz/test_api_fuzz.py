@@ -139,6 +139,34 @@ def test_every_operation_answers_generated_requests_as_documented(service: str, 
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
 
 
+def test_order_sequences_follow_the_documented_links(stack: Settings) -> None:
+    """Stateful: sequences of calls that follow the order document's links (POST /orders, then
+    GET and cancel of the very order it created), so the fuzzer reaches real orders' reads and
+    cancellations, not only unknown ids."""
+    base = f"http://{stack.host}:{stack.web_port('order')}"
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    token = bearer(stack.api_token)
+
+    class OrderSequences(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: Any) -> None:
+            _modest(case)
+            assume("" not in (case.query or {}))
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": base, "headers": token, "timeout": 30}
+
+        def after_call(self, response: Any, case: Any) -> None:
+            TALLY.record(case, response)
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, headers=token)
+
+    OrderSequences.run(settings=settings(max_examples=max(5, EXAMPLES // 3), stateful_step_count=6, deadline=None,
+                                         database=None, suppress_health_check=list(HealthCheck)))
+    followed = {k for k in TALLY.by_status if k.startswith(("GET /orders/{order_id} 200", "POST /orders/{order_id}/cancel 202"))}
+    assert followed, f"no sequence reached an order a POST created: {dict(TALLY.by_status)}"
+
+
 def test_the_fuzzer_sent_enough_requests_and_no_server_error() -> None:
     """Runs after the fuzzing above (same module, later): the tally of what was sent."""
     server_errors = {k: n for k, n in TALLY.by_status.items() if k.endswith(tuple(f" 5{d:02}" for d in range(100)))}

@@ -198,7 +198,10 @@ def create_app(settings: Settings) -> ServiceApp:
     @api.operation("POST", "/orders", summary="Place an order", body=PlaceOrder, idempotency_key=True, tag="orders",
                    answers={201: Answer("The order, stored and on its way", Order,
                                         {"Location": "The order's URL",
-                                         "Idempotent-Replayed": "true when the Idempotency-Key was known"}),
+                                         "Idempotent-Replayed": "true when the Idempotency-Key was known"},
+                                        links={"GetOrder": ("get_order", {"order_id": "$response.body#/order_id"}),
+                                               "CancelOrder": ("cancel_order",
+                                                               {"order_id": "$response.body#/order_id"})}),
                             503: outage})
     async def place_order(call: Call) -> Reply:
         """Store a new order (PLACED) with its OrderPlaced event and the warehouse's AcceptOrder
