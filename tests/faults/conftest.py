@@ -112,6 +112,10 @@ class Stack:
         ready; returns seconds taken."""
         from edpo.dev.workers import start_worker
 
+        # A worker just killed with -9 can take seconds to die on a loaded machine (seen in CI:
+        # the 2 s a scenario waited were not enough); started before it is gone, the new worker
+        # was taken for "already running" and its death for the new one's.
+        assert await self.wait_dead(service, instance, timeout=60), f"{service}-{instance} is still running"
         t0 = time.monotonic()
         env = {**FAULT_ENV, "EDPO_FAILPOINTS": failpoints, **(env or {})}
         await asyncio.to_thread(start_worker, self.s, service, instance, env)
