@@ -34,7 +34,7 @@ FAULT_ENV = {
     "EDPO_KAFKA_PORT": "19092",
     "EDPO_KAFKA_CONTROLLER_PORT": "19093",
     "EDPO_CAMUNDA_PORT": "18080",
-    "EDPO_PG_PORT": "56432",
+    "EDPO_PG_PORT": "15432",  # below the ephemeral port range (32768-60999): no client connection can hold it
     "EDPO_ORDER_PORT": "7066",
     "EDPO_WAREHOUSE_PORT": "7067",
     "EDPO_FACTORY_PORT": "7068",
