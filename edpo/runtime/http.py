@@ -297,6 +297,11 @@ class Api:
             pattern = route.resource.canonical if route.resource is not None else request.path
             if not self.is_open(request.method, pattern) and not self.authorized(request):
                 return _unauthorized()
+            if request.method in ("GET", "HEAD") and (request.content_length or "Transfer-Encoding" in request.headers):
+                # Faust forwards a read to the worker owning the key with the request's headers but
+                # not its body: a Content-Length without its bytes desynchronised the connection
+                # between the workers, and the next request on it failed (seen with 2 instances).
+                return error_body(400, "", "a GET request takes no body")
             try:
                 return await handler(request)
             except web.HTTPException as e:

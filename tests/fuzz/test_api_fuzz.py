@@ -88,12 +88,18 @@ def _modest(case: Any) -> None:
         body["quantity"] = small(body["quantity"], 1_000_000, 5)
 
 
+def _sendable(case: Any) -> None:
+    """Skip cases the HTTP client cannot send as generated: a query parameter without a name or
+    with a null value is dropped, so the service never sees the invalid part and its 200 would
+    be a false finding."""
+    query = case.query or {}
+    assume("" not in query and all(value is not None for value in query.values()))
+
+
 def _exercise(case: Any, stack: Settings, service: str) -> None:
     """Send the case with the token and check the response with every schemathesis check."""
     _modest(case)
-    # A query parameter without a name is dropped by the HTTP client: the service never sees
-    # the invalid part, and its 200 would be a false finding.
-    assume("" not in (case.query or {}))
+    _sendable(case)
     base = f"http://{stack.host}:{stack.web_port(service)}"
     response = case.call(base_url=base, headers=bearer(stack.api_token), timeout=30)
     TALLY.record(case, response)
@@ -150,7 +156,7 @@ def test_order_sequences_follow_the_documented_links(stack: Settings) -> None:
     class OrderSequences(schema.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: Any) -> None:
             _modest(case)
-            assume("" not in (case.query or {}))
+            _sendable(case)
 
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
             return {"base_url": base, "headers": token, "timeout": 30}

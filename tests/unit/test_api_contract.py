@@ -211,6 +211,7 @@ async def test_bad_requests_get_a_4xx_with_an_error_body(client: TestClient) -> 
         (client.post("/receipts", json={"quantity": 13}, headers=AUTH), 409),
         (client.delete("/things"), 401),
         (client.get("/things?unknown=1"), 422),
+        (client.get("/things", data=b"{}"), 400),
         (client.get("/secrets/x?a=1&a=2", headers=AUTH), 422),
         (client.get("/nowhere", headers=AUTH), 404),
         (client.delete("/things", headers=AUTH), 405),
