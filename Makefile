@@ -90,10 +90,13 @@ test-faults: setup
 	@$(BIN)/pytest -q -rfE tests/faults
 
 # Zero simulated durations, so the figures measure EDPO itself; workers restart with them.
+# A burst of ORDERS (default 600), the engine ceiling, and with RATES=5,10,20 an open-loop sweep
+# of DURATION s per rate; the JSON result goes to .run/bench.json (see docs/benchmarks.md).
 bench: setup
 	@$(EDPO) down >/dev/null
 	@EDPO_FACTORY_LEAD_TIME=0 EDPO_COURIER_TIME=0 EDPO_DELIVERY_RETRY_BACKOFF=0 $(EDPO) up
-	@$(EDPO) bench --orders $${ORDERS:-200}
+	@$(EDPO) bench --orders $${ORDERS:-600} $${RATES:+--rate $$RATES --duration $${DURATION:-30}} --out .run/bench.json
+	@if [ -n "$$RATES" ]; then $(EDPO) bench plot .run/bench.json -o .run/bench.png; fi
 
 docs: $(STAMP)/python
 	@$(BIN)/python -m edpo.topics > docs/messages.md

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from edpo.config import Settings, settings_table_markdown
@@ -160,6 +161,17 @@ def stock_show(settings: Settings) -> int:
 # --- entry point --------------------------------------------------------------------------------
 
 
+def _rates(text: str) -> tuple[float, ...]:
+    """--rate 5,10,20: positive orders per second."""
+    try:
+        rates = tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates like 5,10,20, got {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"rates must be positive, got {text!r}")
+    return rates
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edpo", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -189,9 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stock", help="stock levels per SKU")
     sub.add_parser("demo", help="place the sample orders and follow them live")
-    b = sub.add_parser("bench", help="latency of one order and throughput of a burst (see `make bench`)")
-    b.add_argument("--orders", type=int, default=200)
-    b.add_argument("--runs", type=int, default=10)
+    b = sub.add_parser("bench", help="latency and throughput through the public API, the engine's ceiling, CPU and "
+                       "engine requests per order (see docs/benchmarks.md)")
+    b.add_argument("--orders", type=int, default=600, metavar="N", help="burst: N orders placed at once (0: none)")
+    b.add_argument("--rate", type=_rates, default=(), metavar="R[,R...]",
+                   help="steady offered load: orders per second, open loop, one run per rate")
+    b.add_argument("--duration", type=float, default=30, metavar="S", help="seconds each --rate run places orders")
+    b.add_argument("--runs", type=int, default=3, metavar="K", help="single orders one after another (0: none)")
+    b.add_argument("--warmup", type=int, default=50, metavar="N", help="unmeasured burst first (0: none)")
+    b.add_argument("--no-ceiling", action="store_true", help="skip the engine-ceiling run")
+    b.add_argument("--ceiling-orders", type=int, metavar="N", help="ceiling instances (default: --orders, or 600)")
+    b.add_argument("--timeout", type=float, default=300, metavar="S",
+                   help="seconds after the last POST before unfinished orders count as lost")
+    b.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    b.add_argument("--out", type=Path, metavar="FILE", help="also write the JSON result to FILE")
+    bsub = b.add_subparsers(dest="bench_cmd")
+    bplot = bsub.add_parser("plot", help="latency percentiles against offered rate (PNG) from --out files")
+    bplot.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
+    bplot.add_argument("-o", "--output", type=Path, default=Path("docs/benchmarks.png"), metavar="PNG")
+    bplot.add_argument("--title", help="the picture's title (default: the machine's cores and RAM)")
     sub.add_parser("config", help="print the configuration table (markdown)")
 
     d = sub.add_parser("dlq", help="dead letters: list them, send them back to their topic")
@@ -241,9 +269,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run_demo(settings)
             case "bench":
-                from edpo.dev.bench import run_bench
+                from edpo.dev import bench
 
-                return run_bench(settings, args.orders, args.runs)
+                if args.bench_cmd == "plot":
+                    return bench.plot(args.results, args.output, args.title)
+                return bench.run_bench(settings, bench.Options(
+                    orders=args.orders, runs=args.runs, rates=args.rate, duration=args.duration, warmup=args.warmup,
+                    ceiling=not args.no_ceiling, ceiling_orders=args.ceiling_orders, timeout=args.timeout,
+                    json=args.json, out=args.out))
             case "config":
                 _say(settings_table_markdown())
             case "dlq":
