@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,15 @@ def basic_authorization(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+_ID_SEGMENT = re.compile(r"/[0-9a-f]{8}-[0-9a-f-]{27,}|/[A-Za-z0-9_.:-]*\d[A-Za-z0-9_.:-]{7,}")
+
+
+def request_kind(method: str, path: str) -> str:
+    """A request's method and path with its ids replaced ("POST /external-task/{id}/complete"),
+    the key under which `Engine.requests` counts it."""
+    return f"{method} {_ID_SEGMENT.sub('/{id}', path.split('?', 1)[0])}"
+
+
 def variables(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: variable(v) for k, v in values.items()}
 
@@ -61,6 +72,9 @@ class Engine:
         # A header rather than aiohttp.BasicAuth, which aiohttp 3.14 deprecates.
         self._headers = {"Authorization": basic_authorization(*auth)} if auth else {}
         self._session: aiohttp.ClientSession | None = None
+        # Requests sent, by kind (see request_kind): the benchmark reads them from /health to
+        # count the engine round trips per order.
+        self.requests: Counter[str] = Counter()
 
     @classmethod
     def from_settings(cls, settings: Settings, base_url: str | None = None) -> Engine:
@@ -85,6 +99,7 @@ class Engine:
             await self._session.close()
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        self.requests[request_kind(method, path)] += 1
         async with self.session.request(method, f"{self.base_url}{path}", **kwargs) as r:
             text = await r.text()
             body: Any = json.loads(text) if text and r.content_type == "application/json" else text

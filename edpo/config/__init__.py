@@ -193,6 +193,9 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
     )
     log_level: str = Field("info", description="Log level of workers")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="Event loop of the workers: uvloop (libuv, less CPU per event) or Python's own asyncio"
+    )
     reconcile_interval: float = Field(
         15, gt=0, description="Seconds between the order service's reconciliations of orders and process instances"
     )

@@ -143,6 +143,10 @@ class Delivery(msgspec.Struct, kw_only=True):
                 for n, attempt in sorted(self.attempts.items(), key=lambda item: int(item[0]))
                 if attempt.status in ("delivered", "failed")]
 
+    def in_transit(self) -> bool:
+        """Is an attempt on its way (the courier's timer has to watch it)?"""
+        return any(a.status == "in_transit" for a in self.attempts.values())
+
     def due(self, now: float) -> list[int]:
         """Numbers of the attempts in transit whose courier time is over."""
         return sorted(int(n) for n, a in self.attempts.items() if a.status == "in_transit" and a.due_at <= now)

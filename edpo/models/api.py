@@ -209,3 +209,5 @@ class Health(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: Literal["ok", "starting"]
     waiting_for: list[str] = []
     counters: dict[str, int] = {}
+    # Requests this worker sent the Camunda engine since it started, by kind ("POST /message").
+    engine_requests: dict[str, int] = {}

@@ -110,6 +110,8 @@ class ServiceApp(faust.App):
                     body[name] = {"error": f"{type(e).__name__}: {e}"}
             if self.counters:
                 body["counters"] = dict(sorted(self.counters.items()))
+            if "engine" in self.__dict__ and self.engine.requests:
+                body["engine_requests"] = dict(sorted(self.engine.requests.items()))
             return Reply(200 if ready else 503, body)
 
     async def on_first_start(self) -> None:
@@ -223,6 +225,11 @@ def readiness_gaps(*, recovered: bool, rebalancing: bool, checks: Mapping[str, b
 
 def run_worker(app: ServiceApp) -> int:
     """Run the app's Faust worker in the foreground until it is stopped."""
+    if app.settings.event_loop == "uvloop":
+        # Every loop of the worker (Faust's consumer thread makes its own) is a uvloop loop.
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # Faust creates its tables' changelog topics while its consumer subscribes to them. On a
     # fresh cluster under load the subscription saw them missing, and Faust then refused every
     # table write (PartitionsMismatch: "0 partitions") until the consumer's metadata was

@@ -5,6 +5,7 @@ wrong-password check uses a user of its own, never the service account the worke
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -96,3 +97,21 @@ def test_the_health_check_signs_in_and_says_when_the_engine_refuses_the_password
     with pytest.raises(StackError, match="refuses the user"):
         Camunda(stranger).healthy()
     assert Camunda(stranger).status() == "refuses password"
+
+
+async def test_a_changed_password_takes_effect_within_seconds(servers: Settings, http: aiohttp.ClientSession,
+                                                              engine: Engine) -> None:
+    # The engine remembers a verified Authorization header for 10 s (RememberedBasicAuthentication).
+    user, old, new = f"authtest{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, uuid.uuid4().hex
+    await engine.request("POST", "/user/create", json={"profile": {"id": user}, "credentials": {"password": old}})
+    try:
+        assert await _status(http, f"{servers.camunda_url}/version", (user, old)) == 200
+        await engine.request("PUT", f"/user/{user}/credentials",
+                             json={"password": new, "authenticatedUserPassword": servers.camunda_password})
+        assert await _status(http, f"{servers.camunda_url}/version", (user, new)) == 200
+        deadline = asyncio.get_running_loop().time() + 20
+        while await _status(http, f"{servers.camunda_url}/version", (user, old)) == 200:
+            assert asyncio.get_running_loop().time() < deadline, "the old password still works after 20 s"
+            await asyncio.sleep(1)
+    finally:
+        await engine.request("DELETE", f"/user/{user}")

@@ -152,3 +152,46 @@ async def test_withdrawn_attempt_is_never_ticked_and_is_forgotten_without_last_w
     await rig.courier.on_command(rig.publish.sent[0])
     assert rig.table.rows == {}
     assert rig.publish.types() == [ForgetDelivery]  # a withdrawn attempt has no outcome to repeat
+
+
+class CountingTable(MemoryTable[Delivery]):
+    """Counts whole-table scans, which the timer does once a sweep only."""
+
+    scans = 0
+
+    def local_items(self) -> list[tuple[str, Delivery]]:
+        self.scans += 1
+        return super().local_items()
+
+
+async def test_between_sweeps_the_timer_looks_only_at_deliveries_in_transit() -> None:
+    table = CountingTable({f"done-{n}": Delivery(order_id=f"done-{n}", attempts={
+        "1": Attempt(status="delivered", due_at=50.0)}, finished_at=60.0) for n in range(3)})
+    publish = RecordingPublish()
+    now = [100.0]
+    courier = Courier(POLICY, table, publish, clock=lambda: now[0], dice=lambda: 0.9)
+    await courier.finish_due_deliveries()  # the first tick sweeps
+    assert table.scans == 1
+    await courier.on_command(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
+    now[0] += 0.2
+    await courier.finish_due_deliveries()
+    assert table.scans == 1 and ticks(publish) == []  # not due yet, and no scan
+    now[0] += 3.0
+    await courier.finish_due_deliveries()  # past the sweep interval: a scan, and the tick
+    now[0] += 0.2
+    await courier.finish_due_deliveries()
+    assert table.scans == 2
+    assert ticks(publish) == [(ORDER, 1)]
+
+
+async def test_a_delivery_this_worker_did_not_write_is_ticked_at_the_next_sweep() -> None:
+    # Taken over from another worker (a rebalance): known only from the table.
+    rig = Rig()
+    await rig.courier.finish_due_deliveries()
+    rig.table.set(ORDER, Delivery(order_id=ORDER, attempts={"1": in_transit(100.1)}))
+    rig.now += 0.5
+    await rig.courier.finish_due_deliveries()
+    assert ticks(rig.publish) == []  # not seen before the sweep
+    rig.now += 1.0
+    await rig.courier.finish_due_deliveries()
+    assert ticks(rig.publish) == [(ORDER, 1)]

@@ -292,6 +292,13 @@ async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeou
             )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool keeps its session: this service sets no session state (no
+    SET, LISTEN, advisory locks or cursors outside transactions), so asyncpg's default reset
+    (four statements on every release, a fifth of the order worker's database round trips
+    during a burst) has nothing to undo. An open transaction is still rolled back by asyncpg."""
+
+
 class OrderStore:
     """The order service's database: opened when the worker starts, used by every handler."""
 
@@ -304,7 +311,7 @@ class OrderStore:
         """Migrate the schema and open the pool, retrying while PostgreSQL is not reachable."""
         await STARTUP.retry("database migration", lambda: migrate(self.dsn))
         self._pool = await STARTUP.retry(
-            "database pool", lambda: asyncpg.create_pool(self.dsn, min_size=2, max_size=20)
+            "database pool", lambda: asyncpg.create_pool(self.dsn, min_size=2, max_size=20, reset=_keep_session)
         )
         self._opened.set()
         return self._pool

@@ -1,7 +1,6 @@
 package org.edpo.camunda;
 
 import org.camunda.bpm.engine.rest.security.auth.ProcessEngineAuthenticationFilter;
-import org.camunda.bpm.engine.rest.security.auth.impl.HttpBasicAuthenticationProvider;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.springframework.beans.factory.annotation.Value;
@@ -31,7 +30,8 @@ public class RestAuthentication {
     FilterRegistrationBean<ProcessEngineAuthenticationFilter> registration =
         new FilterRegistrationBean<>(new ProcessEngineAuthenticationFilter());
     registration.setName("camunda-auth");
-    registration.addInitParameter("authentication-provider", HttpBasicAuthenticationProvider.class.getName());
+    // Camunda's HTTP basic auth, a verified header remembered for seconds (RememberedBasicAuthentication).
+    registration.addInitParameter("authentication-provider", RememberedBasicAuthentication.class.getName());
     // The path the filter strips before it tells engine requests from the open /engine list.
     registration.addInitParameter("rest-url-pattern-prefix", restPath);
     registration.addUrlPatterns(restPath + "/*");
