@@ -141,11 +141,13 @@ class Engine:
         )
 
     async def active_instances(self, key: str, page: int = 500) -> list[dict[str, Any]]:
-        """Every running instance of the process (id, businessKey), page by page."""
+        """Every running instance of the process (id, businessKey), page by page, in id order.
+        Instances that start or end between two pages may be missed or listed twice."""
         found: list[dict[str, Any]] = []
         while True:
             batch = await self.request("GET", "/process-instance", params={
-                "processDefinitionKey": key, "firstResult": len(found), "maxResults": page})
+                "processDefinitionKey": key, "firstResult": len(found), "maxResults": page,
+                "sortBy": "instanceId", "sortOrder": "asc"})
             found += batch
             if len(batch) < page:
                 return found

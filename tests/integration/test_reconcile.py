@@ -553,3 +553,23 @@ async def test_healthy_long_waiting_orders_do_not_starve_the_repair_of_newer_one
         found += await reconciler.run_once()
     assert found["missing_instance"] >= 1, found
     assert await _row(pool, start_row_id(broken)) is not None
+
+
+async def test_an_instance_listed_twice_by_overlapping_pages_is_not_ended(
+    pool: asyncpg.Pool, process: OwnProcess, reconciler: Reconciler, calls: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With more instances running than one page holds, instances starting and ending between
+    # pages shift them: the same instance can come twice. It was taken for a duplicate and
+    # ended (keeping itself), which left busy orders without their process (seen in a burst of 600).
+    order_id = await _order(pool, ACCEPTED)
+    only = await _start(process, order_id)
+    listed = process.engine.active_instances
+
+    async def overlapping(key: str, page: int = 500) -> list[dict[str, Any]]:
+        found = await listed(key, page)
+        return found + [i for i in found if i["id"] == only]
+
+    monkeypatch.setattr(process.engine, "active_instances", overlapping)
+    found = await reconciler.run_once()
+    assert _nonzero(found) == {}, found
+    assert await _running(process, order_id) == [only]

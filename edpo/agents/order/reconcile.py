@@ -60,8 +60,11 @@ class Reconciler:
         found: Counter[str] = Counter()
         running: dict[str, list[str]] = {}
         for inst in await self.engine.active_instances(self.process_key):
-            if inst.get("businessKey"):
-                running.setdefault(inst["businessKey"], []).append(inst["id"])
+            # Pages read while instances start and end overlap: an instance listed twice is one
+            # instance, not a duplicate to end (that ended the only instance of busy orders).
+            ids = running.setdefault(inst["businessKey"], []) if inst.get("businessKey") else None
+            if ids is not None and inst["id"] not in ids:
+                ids.append(inst["id"])
         await self._close_extra_instances(running, found)
         await self._close_instances_of_final_orders(running, found)
         await self._repair_open_orders(running, found)
