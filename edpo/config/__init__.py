@@ -193,6 +193,9 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
     )
     log_level: str = Field("info", description="Log level of workers")
+    kafka_linger_ms: float = Field(
+        2, ge=0, description="Milliseconds a worker's producer waits to put more records into one request to Kafka"
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="Event loop of the workers: uvloop (libuv, less CPU per event) or Python's own asyncio"
     )

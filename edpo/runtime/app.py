@@ -57,6 +57,9 @@ class ServiceApp(faust.App):
             # Standby copies would make local table scans (timers) see other workers' keys.
             table_standby_replicas=0,
             producer_acks=-1,
+            # Records produced within a few ms share one request: fewer requests for Kafka and the
+            # worker to handle (EDPO_KAFKA_LINGER_MS; docs/benchmarks.md).
+            producer_linger=settings.kafka_linger_ms / 1000,
             consumer_auto_offset_reset="earliest",
             broker_commit_every=100,
             broker_commit_interval=1.0,
