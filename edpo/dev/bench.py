@@ -548,6 +548,10 @@ def ratio(result: Mapping[str, Any]) -> float | None:
 def failures(result: Mapping[str, Any]) -> list[str]:
     """What went wrong in a result: orders not delivered, POSTs refused, ceiling instances not ended."""
     problems = []
+    warmup = result.get("warmup")
+    if warmup and (warmup["failed"] or warmup["delivered"] < warmup["orders"]):
+        problems.append(f"warm-up: {warmup['delivered']}/{warmup['orders']} delivered, not delivered: "
+                        f"{warmup['failed'] or 0}")
     modes = [("single", result.get("single")), ("burst", result.get("burst")),
              *((f"rate {r['offered_rate']:g}/s", r) for r in result.get("rates") or [])]
     for name, mode in modes:

@@ -241,3 +241,12 @@ def test_bench_command_line() -> None:
     for bad in ("0", "5,-1", "fast"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["bench", "--rate", bad])
+
+
+def test_orders_lost_in_the_warm_up_are_failures_too() -> None:
+    # The warm-up is not measured, but an order it loses is lost all the same.
+    result = _result() | {"warmup": {"orders": 50, "delivered": 48, "failed": {"LOST": 2}, "orders_per_second": 9.0}}
+    [problem] = bench.failures(result)
+    assert "warm-up: 48/50" in problem and "LOST" in problem
+    result["warmup"] = {"orders": 50, "delivered": 50, "failed": {}, "orders_per_second": 9.0}
+    assert bench.failures(result) == []
