@@ -178,7 +178,10 @@ class Settings(BaseSettings):
     task_pollers: int = Field(
         1, ge=1, description="Concurrent fetch-and-lock pollers per external-task topic in each worker"
     )
-    task_batch: int = Field(20, ge=1, description="Most external tasks one fetch-and-lock request takes")
+    task_batch: int = Field(50, ge=1, description="Most external tasks one fetch-and-lock request takes")
+    task_concurrency: int = Field(
+        256, ge=1, description="External tasks a worker runs at once (most wait for a command's acknowledgment)"
+    )
     task_lock: float = Field(
         10, gt=0, description="Seconds an external task stays locked; renewed while its handler runs (a crashed worker's tasks return after it)"
     )

@@ -526,6 +526,7 @@ def settings_that_matter(settings: Settings) -> dict[str, Any]:
         "workers_per_service": dict(instances),
         "partitions": settings.partitions,
         "task_batch": settings.task_batch,
+        "task_concurrency": settings.task_concurrency,
         "task_pollers": settings.task_pollers,
         "tick": settings.tick,
         "camunda_db": settings.camunda_db,

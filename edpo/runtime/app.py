@@ -178,7 +178,7 @@ class ServiceApp(faust.App):
         s = self.settings
         worker_id = f"{self.service_name}-{s.instance}-{os.getpid()}"
         self.start_with(TaskWorker(self.engine, worker_id, handlers, lock_seconds=s.task_lock, batch=s.task_batch,
-                                   pollers=s.task_pollers, retries=s.task_retries,
+                                   pollers=s.task_pollers, concurrency=s.task_concurrency, retries=s.task_retries,
                                    retry_timeout_ms=int(s.task_retry_backoff * 1000), failpoint=self.failpoints.hit))
 
     def struct_table(self, name: str, type_: type[T], *, help: str) -> StructTable[T]:

@@ -9,11 +9,16 @@ from edpo.models import Message, encode
 from edpo.topics import route
 
 
-async def enqueue(conn: asyncpg.Connection, msg: Message, *, command: bool = False) -> None:
-    """Keep msg for the relay, routed now (topic and key from topics.py), in the caller's transaction."""
+def outbox_row(msg: Message) -> tuple[str, str, str, bytes]:
+    """(message_id, topic, key, payload) of msg's outbox row: routed now (topics.py), encoded once."""
     spec, key = route(msg)
+    return msg.id, spec.name, key, encode(msg)
+
+
+async def enqueue(conn: asyncpg.Connection, msg: Message, *, command: bool = False) -> None:
+    """Keep msg for the relay, in the caller's transaction."""
     await conn.execute(
         "INSERT INTO outbox (message_id, topic, key, payload, is_command) VALUES ($1, $2, $3, $4, $5)"
         " ON CONFLICT (message_id) DO NOTHING",
-        msg.id, spec.name, key, encode(msg), command,
+        *outbox_row(msg), command,
     )

@@ -18,8 +18,8 @@ import msgspec
 
 from edpo.agents.order import bridge
 from edpo.agents.order.migrate import migrate
-from edpo.agents.order.outbox import enqueue
-from edpo.domain.lifecycle import CANCELLED, DELIVERED, REJECTED, SHIPPED, advances, rank, status_for
+from edpo.agents.order.outbox import enqueue, outbox_row
+from edpo.domain.lifecycle import CANCELLED, DELIVERED, REJECTED, SHIPPED, TERMINAL_RANK, rank, status_for
 from edpo.domain.order import NewOrder
 from edpo.models import (
     AcceptOrder,
@@ -193,31 +193,31 @@ async def list_orders(pool: asyncpg.Pool, status: str | None, limit: int,
 async def apply_status(conn: asyncpg.Connection, msg: Message) -> str | None:
     """Move the order forward if the event says so; out-of-order and duplicate events change nothing.
 
-    Returns the new status, or None. Call inside a transaction.
+    Returns the new status, or None. One statement (one round trip): the status, its history
+    row and the OrderStatusChanged for the outbox, only if the status advances (`advances` in
+    domain/lifecycle.py, as SQL: below a terminal rank and above the current one).
     """
     change = status_for(msg)
     if change is None:
         return None
     status, new_rank = change
     order_id: str = msg.order_id  # type: ignore[attr-defined]
-    current = await conn.fetchrow("SELECT status_rank FROM orders WHERE order_id = $1 FOR UPDATE", order_id)
-    if current is None:
-        logger.warning("%s for unknown order %s ignored", msg.type, order_id)
-        return None
-    if not advances(current["status_rank"], new_rank):
-        return None
-    await conn.execute(
-        "UPDATE orders SET status = $2, status_rank = $3, updated_at = now() WHERE order_id = $1",
-        order_id, status, new_rank,
-    )
-    detail = getattr(msg, "reason", None) or None
-    await conn.execute(
-        "INSERT INTO order_history (order_id, status, event_id, detail) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT DO NOTHING",
-        order_id, status, msg.id, detail,
-    )
     changed = caused_by(msg, OrderStatusChanged, source=SOURCE, order_id=order_id, status=status)
-    await enqueue(conn, changed)
+    moved = await conn.fetchval(
+        "WITH moved AS (UPDATE orders SET status = $2, status_rank = $3, updated_at = now()"
+        "   WHERE order_id = $1 AND status_rank < $4 AND status_rank < $3 RETURNING order_id),"
+        " history AS (INSERT INTO order_history (order_id, status, event_id, detail)"
+        "   SELECT order_id, $2, $5, $6 FROM moved ON CONFLICT DO NOTHING),"
+        " announced AS (INSERT INTO outbox (message_id, topic, key, payload, is_command)"  # as enqueue() does
+        "   SELECT $7, $8, $9, $10, false FROM moved ON CONFLICT (message_id) DO NOTHING)"
+        " SELECT count(*) FROM moved",
+        order_id, status, new_rank, TERMINAL_RANK, msg.id, getattr(msg, "reason", None) or None,
+        *outbox_row(changed),
+    )
+    if not moved:
+        if not await conn.fetchval("SELECT true FROM orders WHERE order_id = $1", order_id):
+            logger.warning("%s for unknown order %s ignored", msg.type, order_id)
+        return None
     return status
 
 
@@ -340,12 +340,16 @@ class OrderStore:
         """Acknowledgment, lifecycle and process inbox for one event, in one transaction.
 
         Returns the new status (or None) and whether the event was queued for the process."""
-        async with (await self.pool()).acquire() as conn, conn.transaction():
-            if isinstance(msg, (OrderAccepted, OrderRejected)):
-                await ack_command(conn, msg.correlation_id, msg.type)
-            status = await apply_status(conn, msg)
-            history = await history_summary(conn, msg.order_id) if bridge.wanted(msg) else ""  # type: ignore[attr-defined]
-            queued = await bridge.record(conn, msg, history)
+        acknowledges, wanted = isinstance(msg, (OrderAccepted, OrderRejected)), bridge.wanted(msg)
+        async with (await self.pool()).acquire() as conn:
+            if not acknowledges and not wanted:
+                return await apply_status(conn, msg), False  # one statement, a transaction of its own
+            async with conn.transaction():
+                if acknowledges:
+                    await ack_command(conn, msg.correlation_id, msg.type)  # type: ignore[attr-defined]
+                status = await apply_status(conn, msg)
+                history = await history_summary(conn, msg.order_id) if wanted else ""  # type: ignore[attr-defined]
+                queued = await bridge.record(conn, msg, history)
         return status, queued
 
     async def cancel(self, order_id: str, reason: str, source: str) -> bool:
