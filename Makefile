@@ -95,7 +95,7 @@ test-faults: setup
 bench: setup
 	@$(EDPO) down >/dev/null
 	@EDPO_FACTORY_LEAD_TIME=0 EDPO_COURIER_TIME=0 EDPO_DELIVERY_RETRY_BACKOFF=0 $(EDPO) up
-	@$(EDPO) bench --orders $${ORDERS:-600} $${RATES:+--rate $$RATES --duration $${DURATION:-30}} --out .run/bench.json
+	@$(EDPO) bench --orders $${ORDERS:-600} --warmup $${WARMUP:-600} $${RATES:+--rate $$RATES --duration $${DURATION:-30}} --out .run/bench.json
 	@if [ -n "$$RATES" ]; then $(EDPO) bench plot .run/bench.json -o .run/bench.png; fi
 
 docs: $(STAMP)/python
