@@ -88,12 +88,19 @@ def _modest(case: Any) -> None:
         body["quantity"] = small(body["quantity"], 1_000_000, 5)
 
 
+def _sent_as_is(value: Any) -> bool:
+    """Does the HTTP client put this query value on the wire? A null, an empty list or a null
+    inside a list is dropped (CI saw `?x=[]&after=...` arrive as `?after=...`)."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_sent_as_is(v) for v in value)
+    return isinstance(value, (str, int, float, bool))
+
+
 def _sendable(case: Any) -> None:
     """Skip cases the HTTP client cannot send as generated: a query parameter without a name or
-    with a null value is dropped, so the service never sees the invalid part and its 200 would
-    be a false finding."""
+    with a value it drops never reaches the service, whose 200 would then be a false finding."""
     query = case.query or {}
-    assume("" not in query and all(value is not None for value in query.values()))
+    assume("" not in query and all(_sent_as_is(value) for value in query.values()))
 
 
 def _exercise(case: Any, stack: Settings, service: str) -> None:
