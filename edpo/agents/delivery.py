@@ -104,11 +104,10 @@ class Courier:
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP
             found = self.deliveries_by_order.local_items()
-            self._in_transit = set()
         else:
-            found = [(order_id, d) for order_id in list(self._in_transit)
+            found = [(order_id, d) for order_id in self._in_transit
                      if (d := self.deliveries_by_order.get(order_id)) is not None]
-            self._in_transit = set()
+        self._in_transit = set()  # filled again below, and by on_command meanwhile
         for order_id, delivery in found:
             self._watch(order_id, delivery)
             for attempt in delivery.due(now):
