@@ -360,3 +360,28 @@ async def test_metrics_are_served_as_prometheus_text_and_need_the_token_when_one
     assert samples["edpo_events_produced_total"].value == 1
     assert samples["edpo_events_produced_total"].labels == {"service": "factory", "topic": "factory-events",
                                                             "type": "ItemsManufactured"}
+
+
+async def test_a_scrape_while_postgresql_refuses_connections_answers_without_the_database_parts() -> None:
+    """A real asyncpg pool to a port nobody listens on: what the order worker meets when
+    PostgreSQL is down. The scrape answers, the database parts left out and counted."""
+    import socket
+
+    import asyncpg
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: connections to it are refused
+    m = Metrics("order")
+    m.sent("order-events", "OrderPlaced")
+    store = OrderStore(f"postgresql://edpo@127.0.0.1:{port}/edpo")
+    store._pool = await asyncpg.create_pool(store.dsn, min_size=0)  # noqa: SLF001 - connects on first use
+    try:
+        watch_orders(m, store, command_attempts=5)
+        s = await scrape(m)
+    finally:
+        await store._pool.close()  # noqa: SLF001
+    assert "edpo_orders" not in names(s) and "edpo_outbox_backlog" not in names(s)
+    assert value(s, "edpo_scrape_errors_total", service="order", part="orders") == 1
+    assert value(s, "edpo_scrape_errors_total", service="order", part="backlog") == 1
+    assert value(s, "edpo_events_produced_total", service="order", topic="order-events", type="OrderPlaced") == 1
