@@ -385,3 +385,18 @@ async def test_a_scrape_while_postgresql_refuses_connections_answers_without_the
     assert value(s, "edpo_scrape_errors_total", service="order", part="orders") == 1
     assert value(s, "edpo_scrape_errors_total", service="order", part="backlog") == 1
     assert value(s, "edpo_events_produced_total", service="order", topic="order-events", type="OrderPlaced") == 1
+
+
+@pytest.mark.parametrize("service", ["order", "warehouse", "factory", "delivery"])
+async def test_the_readme_lists_every_metric_a_service_serves(service: str) -> None:
+    import re
+    from pathlib import Path
+
+    from edpo import agents
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    app = agents.APPS[service](Settings())
+    served = set(re.findall(r"^# TYPE (\S+) ", (await app.metrics.exposition()).decode(), re.MULTILINE))
+    assert "edpo_events_consumed_total" in served
+    assert {name for name in served if f"`{name}`" not in section} == set(), "list them in README's Metrics section"
