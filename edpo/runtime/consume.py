@@ -115,10 +115,8 @@ async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: 
         return
     metrics.consumed(topic, kind)
     started = time.perf_counter()
-    try:
-        await _handle(event, msg, handle, name, publish, sleep, metrics)
-    finally:
-        metrics.handled(time.perf_counter() - started)
+    await _handle(event, msg, handle, name, publish, sleep, metrics)  # raises only when cancelled: not timed
+    metrics.handled(time.perf_counter() - started)
 
 
 async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish: Publish, sleep: Sleep,
