@@ -29,6 +29,7 @@ from edpo.models import (
 from edpo.models.api import Errors, OrderId, PageQuery
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.http import Answer, Call, Problem, Reply, page
+from edpo.runtime.metrics import Metrics, Sample
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
 from edpo.topics import delivery_commands_topic
@@ -118,6 +119,25 @@ class Courier:
         self._ticks.prune(now)
 
 
+ATTEMPT_STATUSES = ("in_transit", "delivered", "failed", "withdrawn")
+
+
+def watch_deliveries(metrics: Metrics, deliveries_by_order: Table[Delivery]) -> None:
+    """Delivery attempts by status on the partitions this worker owns, read at every scrape
+    (finished deliveries leave the table EDPO_TABLE_RETENTION after they end)."""
+    attempts = metrics.gauge("edpo_delivery_attempts", "Delivery attempts in this worker's table by status: "
+                             "in_transit, delivered, failed, withdrawn", ["status"])
+
+    async def by_status() -> list[Sample]:
+        counts = dict.fromkeys(ATTEMPT_STATUSES, 0)
+        for _, delivery in deliveries_by_order.local_items():
+            for attempt in delivery.attempts.values():
+                counts[attempt.status] += 1
+        return [(attempts, (status,), n) for status, n in counts.items()]
+
+    metrics.at_scrape("deliveries", by_status, attempts)
+
+
 def create_app(settings: Settings) -> ServiceApp:
     """The delivery worker: deliveries, the courier's timer and web views."""
     app = ServiceApp(SOURCE, settings)
@@ -127,6 +147,7 @@ def create_app(settings: Settings) -> ServiceApp:
                             silent_pattern=settings.silent_pattern)
     courier = Courier(policy, deliveries_by_order, app.publisher.publish, retention=settings.table_retention)
 
+    watch_deliveries(app.metrics, deliveries_by_order)
     app.agent_over("courier", courier.on_command, delivery_commands_topic)
     app.every(settings.tick, courier.finish_due_deliveries)
 

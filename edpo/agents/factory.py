@@ -29,6 +29,7 @@ from edpo.models.api import PageQuery
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.http import Answer, Call, Reply, page
 from edpo.runtime.commands import CommandClient, Commands
+from edpo.runtime.metrics import Metrics, Sample
 from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
 from edpo.topics import factory_commands_topic, factory_events_topic
@@ -92,6 +93,22 @@ class Factory:
         return task.complete({})
 
 
+def watch_production(metrics: Metrics, production_by_sku: Table[ProductionLine]) -> None:
+    """Production per SKU of the partitions this worker owns, read from its table at every scrape."""
+    batches = metrics.gauge("edpo_factory_batches_in_production", "Batches in production per SKU (0 or 1)", ["sku"])
+    units = metrics.gauge("edpo_factory_units_in_production", "Units of the batch in production per SKU", ["sku"])
+    pending = metrics.gauge("edpo_factory_units_pending", "Units requested and waiting for a batch per SKU", ["sku"])
+
+    async def lines() -> list[Sample]:
+        samples: list[Sample] = []
+        for sku, line in production_by_sku.local_items():
+            samples += [(batches, (sku,), 1 if line.current_id else 0), (units, (sku,), line.current_qty),
+                        (pending, (sku,), line.pending)]
+        return samples
+
+    metrics.at_scrape("production", lines, batches, units, pending)
+
+
 def create_app(settings: Settings) -> ServiceApp:
     """The factory worker: production lines, their timer, the replenishment task and a web view."""
     app = ServiceApp(SOURCE, settings)
@@ -103,6 +120,7 @@ def create_app(settings: Settings) -> ServiceApp:
     app.start_with(commands)
     factory = Factory(plan, production_by_sku, app.publisher.publish, commands)
 
+    watch_production(app.metrics, production_by_sku)
     app.agent_over("production", factory.on_command, factory_commands_topic)
     app.every(settings.tick, factory.finish_due_batches)
     app.serve_tasks({"request-replenishment": factory.request_replenishment})

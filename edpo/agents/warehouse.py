@@ -71,6 +71,7 @@ from edpo.models.api import (
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.http import Answer, Call, Problem, Reply, Unavailable, page
 from edpo.runtime.commands import CommandClient, Commands
+from edpo.runtime.metrics import Metrics, Sample
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import STARTUP
 from edpo.runtime.tables import Table, TickThrottle
@@ -261,6 +262,25 @@ def unstocked_skus(skus: Iterable[str], *, owner_of: Callable[[str], str], me: s
     return [sku for sku in skus if owner_of(sku) == me and not stocked(sku)]
 
 
+def watch_stock(metrics: Metrics, stock_by_sku: Table[SkuStock]) -> None:
+    """Stock per SKU of the partitions this worker owns, read from its table at every scrape."""
+    gauges = {
+        "on_hand": metrics.gauge("edpo_stock_on_hand", "Units on hand per SKU (SKUs this worker owns)", ["sku"]),
+        "reserved": metrics.gauge("edpo_stock_reserved", "Units reserved for orders per SKU", ["sku"]),
+        "available": metrics.gauge("edpo_stock_available", "Units on hand and not reserved per SKU", ["sku"]),
+        "waiting": metrics.gauge("edpo_stock_waiting_orders", "Orders waiting for units of the SKU", ["sku"]),
+    }
+
+    async def levels() -> list[Sample]:
+        samples: list[Sample] = []
+        for sku, stock in stock_by_sku.local_items():
+            view = stock.view()
+            samples += [(gauge, (sku,), view[field]) for field, gauge in gauges.items()]
+        return samples
+
+    metrics.at_scrape("stock", levels, *gauges.values())
+
+
 def create_app(settings: Settings) -> ServiceApp:
     """The warehouse worker: tables, agents, process tasks and web views."""
     app = ServiceApp(SOURCE, settings)
@@ -276,6 +296,7 @@ def create_app(settings: Settings) -> ServiceApp:
     warehouse = Warehouse(catalog, stock_by_sku, reservations_by_order, app.publisher.publish, commands,
                           retention=settings.table_retention)
 
+    watch_stock(app.metrics, stock_by_sku)
     app.agent_over("order_desk", warehouse.on_order_message,
                  warehouse_commands_topic, reservation_updates_topic, delivery_events_topic)
     app.agent_over("stock_keeper", warehouse.on_stock_message, stock_commands_topic, factory_events_topic)

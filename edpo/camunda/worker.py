@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,9 @@ from edpo.models import Line
 logger = logging.getLogger(__name__)
 
 TaskHandler = Callable[[ExternalTask], Awaitable[TaskResult]]
+# Told of every task a handler finished: (BPMN topic, outcome, seconds); outcome is completed,
+# bpmn_error or failed (the metrics of edpo/runtime/metrics.py).
+TaskObserver = Callable[[str, str, float], None]
 # Tries before a task becomes an incident, and the pause between them (EDPO_TASK_RETRIES,
 # EDPO_TASK_RETRY_BACKOFF).
 TASK_RETRIES = 3
@@ -56,6 +60,15 @@ def task_lines(task: ExternalTask, name: str) -> list[Line]:
 
 def task_trace(task: ExternalTask) -> str:
     return task.get_variable("trace_id") or ""
+
+
+def task_outcome(result: TaskResult) -> str:
+    """completed, bpmn_error or failed: what a handler's result tells the engine."""
+    if result.is_bpmn_error():
+        return "bpmn_error"
+    if result.is_failure():
+        return "failed"
+    return "completed"
 
 
 class EngineTaskClient(AsyncExternalTaskClient):
@@ -167,9 +180,11 @@ class TaskWorker(mode.Service):
 
     def __init__(self, engine: Engine, worker_id: str, handlers: dict[str, TaskHandler], *, lock_seconds: float,
                  batch: int, pollers: int, concurrency: int = 256, retries: int = TASK_RETRIES, retry_timeout_ms: int = TASK_RETRY_TIMEOUT_MS,
-                 failpoint: Callable[[str], None] = lambda point: None) -> None:
+                 failpoint: Callable[[str], None] = lambda point: None,
+                 observe: TaskObserver = lambda topic, outcome, seconds: None) -> None:
         super().__init__()
         self.failpoint = failpoint
+        self.observe = observe
         self.engine = engine
         self.worker_id = worker_id
         self.handlers = handlers
@@ -198,7 +213,7 @@ class TaskWorker(mode.Service):
             worker_id = f"{self.worker_id}-{n}"
             client = EngineTaskClient(worker_id, self.engine, config, self.batch)
             self._workers.append(BatchWorker(worker_id, client, config))
-        await asyncio.gather(*(w.subscribe({topic: self._guarded(w.client, handler)
+        await asyncio.gather(*(w.subscribe({topic: self._guarded(w.client, topic, handler)
                                             for topic, handler in self.handlers.items()})
                                for w in self._workers))
 
@@ -206,15 +221,18 @@ class TaskWorker(mode.Service):
         for w in self._workers:
             await w.stop()
 
-    def _guarded(self, client: EngineTaskClient, handler: TaskHandler) -> TaskHandler:
+    def _guarded(self, client: EngineTaskClient, topic: str, handler: TaskHandler) -> TaskHandler:
         async def run(task: ExternalTask) -> TaskResult:
             keeper = asyncio.create_task(keep_locked(client, task.get_task_id(), self.lock_ms))
+            started = time.perf_counter()
             try:
                 result = await handler(task)
                 self.failpoint("before_complete")
+                self.observe(topic, task_outcome(result), time.perf_counter() - started)
                 return result
             except Exception as e:  # noqa: BLE001 - becomes a retry, then an incident
                 logger.warning("task %s for %s failed: %s", task.get_topic_name(), task.get_business_key(), e)
+                self.observe(topic, "failed", time.perf_counter() - started)
                 # The message is what Cockpit lists with the incident; the details hold the trace.
                 return task.failure(f"{type(e).__name__}: {e}"[:500], traceback.format_exc(),
                                     max_retries=self.retries - 1, retry_timeout=self.retry_timeout_ms)

@@ -219,7 +219,7 @@ class Settings(BaseSettings):
     )
     api_token: str = Field(
         "", repr=False, description="Bearer token the order, warehouse, factory and delivery HTTP APIs require for "
-        "writes and personal data (deliveries, addresses, Faust table views) when set; /health, /openapi.json, "
+        "writes, personal data (deliveries, addresses, Faust table views) and /metrics when set; /health, /openapi.json, "
         "/docs, /catalog and stock stay open (empty: no token needed)",
     )
 

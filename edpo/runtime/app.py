@@ -1,8 +1,8 @@
 """The Faust app of one service worker, built from settings passed in (never read at import).
 
 `ServiceApp` carries what every service needs: its settings, the one publisher, readiness for
-`/health`, resources that start and stop with the worker, the agent loop and timers that
-survive their own failures.
+`/health`, Prometheus metrics at `/metrics`, resources that start and stop with the worker, the
+agent loop and timers that survive their own failures.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 import mode
+from aiohttp import web
 
 from edpo.camunda.engine import Engine
 from edpo.camunda.worker import TaskHandler, TaskWorker
@@ -24,6 +25,7 @@ from edpo.models.api import Health
 from edpo.runtime.consume import TRANSIENT, Handler, consume
 from edpo.runtime.failpoints import Failpoints
 from edpo.runtime.http import MAX_BODY, Answer, Api, Call, Reply, swagger_assets
+from edpo.runtime.metrics import CONTENT_TYPE, Metrics
 from edpo.runtime.publish import Publisher, raw_topic
 from edpo.runtime.tables import StructTable, T
 from edpo.runtime.retry import STARTUP
@@ -80,7 +82,9 @@ class ServiceApp(faust.App):
         self.service_name = service
         self.settings = settings
         self.failpoints = Failpoints(settings.failpoints, service)
-        self.publisher = Publisher(self, self.failpoints)
+        # A registry of this worker's own: several apps in one process (tests) do not collide.
+        self.metrics = Metrics(service)
+        self.publisher = Publisher(self, self.failpoints, self.metrics)
         # Cleared by a service whose resources are not usable yet; /health answers 503 meanwhile.
         self.ready = asyncio.Event()
         self.ready.set()
@@ -116,6 +120,21 @@ class ServiceApp(faust.App):
             if "engine" in self.__dict__ and self.engine.requests:
                 body["engine_requests"] = dict(sorted(self.engine.requests.items()))
             return Reply(200 if ready else 503, body)
+
+        self.metrics.collect_counters("edpo_health_counters", "The counters /health shows (reconciliation "
+                                      "findings, commands unanswered), by name", "name", lambda: self.counters)
+        self.metrics.collect_counters("edpo_engine_requests", "Requests sent to the Camunda engine's REST API, by "
+                                      "kind (method and path, ids replaced)", "kind",
+                                      lambda: self.engine.requests if "engine" in self.__dict__ else None)
+
+        @self.api.operation("GET", "/metrics", summary="Prometheus metrics", tag="operations", answers={
+            200: Answer("Every metric of this worker in Prometheus's text format (version 0.0.4); see the README's "
+                        "Metrics section", str, media_type="text/plain")})
+        async def metrics(call: Call) -> web.Response:
+            """This worker's metrics for Prometheus: events, handler and external-task latencies, dead
+            letters, and the service's state read at scrape time (a part that cannot be read within
+            2 s is left out and counted in edpo_scrape_errors_total). Needs the token when set."""
+            return web.Response(body=await self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def on_first_start(self) -> None:
         self.conf.datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -179,7 +198,8 @@ class ServiceApp(faust.App):
         worker_id = f"{self.service_name}-{s.instance}-{os.getpid()}"
         self.start_with(TaskWorker(self.engine, worker_id, handlers, lock_seconds=s.task_lock, batch=s.task_batch,
                                    pollers=s.task_pollers, concurrency=s.task_concurrency, retries=s.task_retries,
-                                   retry_timeout_ms=int(s.task_retry_backoff * 1000), failpoint=self.failpoints.hit))
+                                   retry_timeout_ms=int(s.task_retry_backoff * 1000), failpoint=self.failpoints.hit,
+                                   observe=self.metrics.external_task))
 
     def struct_table(self, name: str, type_: type[T], *, help: str) -> StructTable[T]:
         return StructTable(self, name, type_, help=help, failpoints=self.failpoints)
@@ -188,7 +208,8 @@ class ServiceApp(faust.App):
         """An agent over specs that hands every decoded message to handle (see runtime.consume)."""
 
         async def agent(stream: faust.StreamT) -> None:
-            await consume(stream.events(), handle, name=name, publish=self.publisher.publish)
+            await consume(stream.events(), handle, name=name, publish=self.publisher.publish,
+                          metrics=self.metrics.agent(name))
 
         agent.__name__ = agent.__qualname__ = name
         agent.__doc__ = handle.__doc__

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ import msgspec
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from edpo.models import DeadLetter, Message
+from edpo.runtime.metrics import NO_AGENT_METRICS, AgentMetrics
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import HANDLER, HANDLER_ATTEMPTS, OUTAGE
 from edpo.topics import BY_NAME
@@ -60,12 +62,13 @@ _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
 async def consume(
-    events: AsyncIterable[Any], handle: Handler, *, name: str, publish: Publish, sleep: Sleep = asyncio.sleep
+    events: AsyncIterable[Any], handle: Handler, *, name: str, publish: Publish, sleep: Sleep = asyncio.sleep,
+    metrics: AgentMetrics = NO_AGENT_METRICS,
 ) -> None:
     """Decode each record of a Faust stream's `events()` and hand it to `handle`."""
     async for event in events:
         try:
-            await _one(event, handle, name, publish, sleep)
+            await _one(event, handle, name, publish, sleep, metrics)
         except asyncio.CancelledError:
             _leave_uncommitted(event)
             raise
@@ -86,13 +89,15 @@ def _leave_uncommitted(event: Any) -> None:
                        message.topic, message.partition, message.offset)
 
 
-async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: Sleep) -> None:
+async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: Sleep,
+               metrics: AgentMetrics = NO_AGENT_METRICS) -> None:
     """Decode one record and hand it to the handler (or skip or dead-letter it)."""
     raw = event.value
     topic = event.message.topic
     spec = BY_NAME.get(topic)
     if spec is None:
         logger.warning("%s: record from undeclared topic %s skipped", name, topic)
+        metrics.skipped(topic, "undeclared_topic")
         return
     if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
         await dead_letter(publish, event, "undecodable: record has no value", sleep=sleep)
@@ -102,15 +107,20 @@ async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: 
         if kind not in spec.message_types:
             logger.warning("%s: unknown message type %r on %s[%d]@%d skipped", name, kind, topic,
                            event.message.partition, event.message.offset)
+            metrics.skipped(topic, "unknown_type")
             return
         msg = spec.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         await dead_letter(publish, event, f"undecodable: {e}", error=f"{type(e).__name__}: {e}", sleep=sleep)
         return
-    await _handle(event, msg, handle, name, publish, sleep)
+    metrics.consumed(topic, kind)
+    started = time.perf_counter()
+    await _handle(event, msg, handle, name, publish, sleep, metrics)  # raises only when cancelled: not timed
+    metrics.handled(time.perf_counter() - started)
 
 
-async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish: Publish, sleep: Sleep) -> None:
+async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish: Publish, sleep: Sleep,
+                  metrics: AgentMetrics = NO_AGENT_METRICS) -> None:
     """Run the handler; retry transient failures until they pass, others a few times, then dead-letter."""
     outages = failures = 0
     while True:
@@ -124,6 +134,7 @@ async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish:
             pause = OUTAGE.delay(outages)
             logger.warning("%s: %s hit a server failure (%s: %s); retry in %.1fs", name, msg.type,
                            type(e).__name__, e, pause)
+            metrics.retried("outage")
             await sleep(pause)
         except Exception as e:  # noqa: BLE001 - one bad message must not stop the agent
             failures += 1
@@ -134,6 +145,7 @@ async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish:
                                   attempts=outages + failures, sleep=sleep)
                 return
             logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, failures)
+            metrics.retried("failure")
             await sleep(HANDLER.delay(failures))
 
 

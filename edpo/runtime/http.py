@@ -105,6 +105,8 @@ class Answer:
     # OpenAPI links: name -> (operationId, {parameter: runtime expression}), e.g. the order a
     # POST created -> GET /orders/{order_id} with "$response.body#/order_id".
     links: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=dict)
+    # The body's media type: JSON, or e.g. text/plain for /metrics (type str).
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -383,7 +385,7 @@ class Api:
         for status, answer in sorted(answers.items()):
             entry: dict[str, Any] = {"description": answer.description}
             if answer.type is not None:
-                entry["content"] = {"application/json": {"schema": schema_of[answer.type]}}
+                entry["content"] = {answer.media_type: {"schema": schema_of[answer.type]}}
             if status == 400:
                 entry.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
             if answer.links:

@@ -28,7 +28,7 @@ from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
 from edpo.camunda.engine import EngineError
 from edpo.config import Settings
 from edpo.config.catalog import Catalog, load_catalog
-from edpo.domain.lifecycle import status_for
+from edpo.domain.lifecycle import STATUSES, status_for
 from edpo.domain.order import InvalidOrder, NewOrder, new_order
 from edpo.models import Message
 from edpo.models.api import (
@@ -45,6 +45,7 @@ from edpo.models.api import (
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.http import Answer, Call, Problem, Reply
 from edpo.runtime.failpoints import NONE, Failpoints
+from edpo.runtime.metrics import Metrics, Sample
 from edpo.runtime.retry import STARTUP
 from edpo.topics import delivery_events_topic, warehouse_events_topic
 
@@ -175,6 +176,33 @@ class OrderBackground(mode.Service):
                     pass
 
 
+def watch_orders(metrics: Metrics, store: OrderStore, command_attempts: int) -> None:
+    """Orders by status, and the outbox's and the inbox's backlog, read from the database at
+    every scrape (left out of a scrape while the database does not answer)."""
+    orders = metrics.gauge("edpo_orders", "Orders in the order database, by status", ["status"])
+    outbox = metrics.gauge("edpo_outbox_backlog", "Outbox rows not done: unsent (never sent), awaiting_ack "
+                           "(commands sent, not acknowledged yet)", ["state"])
+    unanswered = metrics.gauge("edpo_outbox_commands_unanswered", "Commands still unanswered after "
+                               "EDPO_COMMAND_ATTEMPTS sends (resent at the backoff's cap meanwhile)")
+    outbox_age = metrics.gauge("edpo_outbox_oldest_seconds", "Age of the oldest outbox row not done (0: none)")
+    inbox = metrics.gauge("edpo_inbox_backlog", "Process inbox rows not correlated yet: waiting (for their "
+                          "instance or their turn), held (the engine failed or was away)", ["state"])
+    inbox_age = metrics.gauge("edpo_inbox_oldest_seconds", "Age of the oldest pending process inbox row (0: none)")
+
+    async def by_status() -> list[Sample]:
+        counts = await store.status_counts()
+        return [(orders, (status,), counts.get(status, 0)) for status in STATUSES]
+
+    async def backlog() -> list[Sample]:
+        b = await store.backlog(command_attempts)
+        return [(outbox, ("unsent",), b["unsent"]), (outbox, ("awaiting_ack",), b["awaiting_ack"]),
+                (unanswered, (), b["unanswered"]), (outbox_age, (), b["oldest"]),
+                (inbox, ("waiting",), b["waiting"]), (inbox, ("held",), b["held"]), (inbox_age, (), b["inbox_oldest"])]
+
+    metrics.at_scrape("orders", by_status, orders)
+    metrics.at_scrape("backlog", backlog, outbox, unanswered, outbox_age, inbox, inbox_age)
+
+
 def create_app(settings: Settings) -> ServiceApp:
     """The order worker: REST API, lifecycle agent, outbox relay, process bridge, cancel-order task."""
     app = ServiceApp(SOURCE, settings, title="EDPO order service",
@@ -183,6 +211,7 @@ def create_app(settings: Settings) -> ServiceApp:
     catalog = load_catalog(settings.catalog)
     orders = Orders(OrderStore(settings.database_url), app.failpoints)
     app.start_with(OrderBackground(app, orders))
+    watch_orders(app.metrics, orders.store, settings.command_attempts)
 
     app.agent_over("order_lifecycle", orders.on_event, warehouse_events_topic, delivery_events_topic)
     app.serve_tasks({"cancel-order": orders.cancel_order})

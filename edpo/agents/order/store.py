@@ -381,6 +381,32 @@ class OrderStore:
         return {"commands_unanswered": row["unanswered"], "commands_resending": row["resending"],
                 "unsent": row["unsent"], "oldest_seconds": round(float(row["oldest_seconds"]), 1)}
 
+    def opened_pool(self) -> asyncpg.Pool:
+        """The pool, or an error at once while it is not open (a scrape must not wait for it)."""
+        if self._pool is None:
+            raise RuntimeError("the database is not open yet")
+        return self._pool
+
+    async def status_counts(self) -> dict[str, int]:
+        """For /metrics: orders by status (the index on (status, ...) answers it)."""
+        rows = await self.opened_pool().fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    async def backlog(self, command_attempts: int = 5) -> dict[str, float]:
+        """For /metrics: what the outbox and the process inbox still have to do, from their
+        partial indexes (open outbox rows, pending inbox rows)."""
+        row = await self.opened_pool().fetchrow(
+            "SELECT o.unsent, o.awaiting_ack, o.unanswered, o.oldest, i.waiting, i.held, i.oldest AS inbox_oldest FROM"
+            " (SELECT count(*) FILTER (WHERE attempts = 0) AS unsent,"
+            "   count(*) FILTER (WHERE is_command AND attempts > 0) AS awaiting_ack,"
+            "   count(*) FILTER (WHERE is_command AND attempts >= $1) AS unanswered,"
+            "   coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest"
+            "  FROM outbox WHERE acked_at IS NULL) o,"
+            " (SELECT count(*) FILTER (WHERE NOT held) AS waiting, count(*) FILTER (WHERE held) AS held,"
+            "   coalesce(extract(epoch FROM now() - min(received_at)), 0) AS oldest"
+            "  FROM process_inbox WHERE state = 'pending') i", command_attempts)
+        return {k: float(v) for k, v in row.items()}
+
     async def relay_once(self, send: Send, command_timeout: float, command_attempts: int = 5,
                          after_send: Callable[[], None] = lambda: None,
                          count: Callable[[str, int], None] = lambda name, n: None) -> int:
