@@ -27,7 +27,11 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The four business services. The monitor (a read model, one worker) is not among them.
 SERVICES = ("order", "warehouse", "factory", "delivery")
+MONITOR = "monitor"
+# Every kind of worker `edpo worker` runs and `edpo up` starts.
+WORKERS = (*SERVICES, MONITOR)
 # What a BPMN timer takes as a duration: P[nD]T[nH][nM][nS] (weeks, years and months too).
 ISO_DURATION = re.compile(r"P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
 # Further instances of a service listen on base port + 100 * (instance - 1).
@@ -123,6 +127,7 @@ class Settings(BaseSettings):
     warehouse_port: int = Field(6067, description="Warehouse service web port")
     factory_port: int = Field(6068, description="Factory service web port")
     delivery_port: int = Field(6069, description="Delivery service web port")
+    monitor_port: int = Field(6070, description="Monitor web port: the live operations dashboard (one worker)")
     ready_timeout: float = Field(
         180, gt=0, description="Seconds `edpo up` waits for every worker to report ready on /health"
     )
@@ -269,8 +274,8 @@ class Settings(BaseSettings):
 
     @property
     def web_ports(self) -> dict[str, int]:
-        """Base web port of each service (its first instance)."""
-        return {s: getattr(self, f"{s}_port") for s in SERVICES}
+        """Base web port of each kind of worker (its first instance): the four services and the monitor."""
+        return {s: getattr(self, f"{s}_port") for s in WORKERS}
 
     def web_port(self, service: str, instance: int | None = None) -> int:
         """The web port of one worker: the service's base port + 100 per further instance."""
