@@ -357,9 +357,9 @@ def engine_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(UTC)
     except ValueError:
-        return datetime.fromisoformat(text)
+        return datetime.fromisoformat(text).astimezone(UTC)
 
 
 # Activities a timeline leaves out: the engine's plumbing, not steps a person reads.

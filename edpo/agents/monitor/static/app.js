@@ -15,7 +15,7 @@ function el(tag, attrs, ...children) {
   for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c instanceof Node ? c : String(c));
   return node;
 }
-const fill = (id, ...nodes) => $(id).replaceChildren(...nodes.flat());
+const fill = (id, ...nodes) => $(id).replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined));
 const time = (t) => t ? new Date(t).toLocaleTimeString([], {hour12: false}) + "." + String(new Date(t).getMilliseconds()).padStart(3, "0") : "";
 const short = (id) => id ? id.slice(0, 8) : "";
 const status = (s) => el("span", {class: "st " + s, "data-status": s}, s);
@@ -46,9 +46,9 @@ function chart(minutes) {
   const parts = [node("line", {x1: pad, x2: W - pad, y1: y(0), y2: y(0), class: "grid"}),
                  node("line", {x1: pad, x2: W - pad, y1: y(max), y2: y(max), class: "grid"})];
   const top = node("text", {x: 2, y: y(max) + 3}); top.textContent = max; parts.push(top);
-  for (const [key, color] of [["placed", "var(--placed)"], ["delivered", "var(--delivered)"]]) {
+  for (const [key, color, dash] of [["delivered", "var(--delivered)", ""], ["placed", "var(--placed)", "5 3"]]) {
     const pts = minutes.map((m, i) => `${x(i).toFixed(1)},${y(m[key]).toFixed(1)}`).join(" ");
-    parts.push(node("polyline", {points: pts, fill: "none", stroke: color, "stroke-width": 2, "data-series": key}));
+    parts.push(node("polyline", {points: pts, fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": dash, "data-series": key}));
   }
   if (minutes.length) {
     const now = node("text", {x: W - pad - 20, y: H - 3}); now.textContent = "now"; parts.push(now);
@@ -65,7 +65,7 @@ function bars(rows) {
       el("div", {class: "track", title: `on hand ${r.on_hand}, reserved ${r.reserved}, waiting ${r.waiting}`},
         el("div", {class: "a", style: `width:${pct(r.available)}`}), el("div", {class: "r", style: `width:${pct(r.reserved)}`}),
         el("div", {class: "w", style: `width:${pct(r.waiting)}`})),
-      el("span", {class: "muted"}, `${r.on_hand} on hand · ${r.reserved} res · ${r.waiting} wait`));
+      el("span", {class: "muted"}, `${r.on_hand} on hand · ${r.reserved} res. · ${r.waiting} wait`));
   });
 }
 
@@ -159,6 +159,10 @@ $("q").addEventListener("input", (e) => search(e.target.value));
 $("search").addEventListener("submit", (e) => { e.preventDefault(); const v = $("q").value.trim(); if (v) select(v); });
 // A still-unfinished order's process moves on without new events (user tasks, incidents): look again now and then.
 setInterval(() => { if (selected && lastOverview) { const b = lastOverview.recent.find((r) => r.order_id === selected); if (!b || !FINAL.has(b.status)) loadDetail(selected); } }, 3000);
-const m = /^#order=(.+)$/.exec(location.hash);
-if (m) select(decodeURIComponent(m[1]));
+function fromHash() {
+  const m = /^#order=(.+)$/.exec(location.hash);
+  if (m && decodeURIComponent(m[1]) !== selected) select(decodeURIComponent(m[1]));
+}
+window.addEventListener("hashchange", fromHash);
+fromHash();
 connect();
