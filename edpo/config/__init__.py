@@ -225,7 +225,8 @@ class Settings(BaseSettings):
     api_token: str = Field(
         "", repr=False, description="Bearer token the order, warehouse, factory and delivery HTTP APIs require for "
         "writes and personal data (deliveries, addresses, Faust table views) when set; /health, /openapi.json, "
-        "/docs, /catalog and stock stay open (empty: no token needed)",
+        "/docs, /catalog and stock stay open (empty: no token needed). The monitor's data needs it too: a browser "
+        "signs in once at /login and gets a session cookie",
     )
 
     # The generated secrets this object took from RUN_DIR/secrets.env (not from the environment).
