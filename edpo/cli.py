@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             case "worker":
                 from edpo.agents import run
 
+                if args.service == "monitor" and args.instance != 1:
+                    raise StackError("the monitor runs as one worker (its dashboard needs every partition): "
+                                     "leave out --instance")
+
                 return run(args.service, settings.for_instance(args.instance))
             case "order":
                 verbs = {"place": order_place, "show": order_show, "cancel": order_cancel}
