@@ -152,6 +152,23 @@ def test_an_order_placed_through_the_api_reaches_delivered_on_the_page_without_a
     assert console_errors(dashboard) == []
 
 
+def test_searching_by_the_start_of_an_order_id_lists_that_order(stack: Settings, dashboard: WebDriver) -> None:
+    order_id = place(stack)["order_id"]
+    box = dashboard.find_element(By.ID, "q")
+    box.send_keys(order_id[:12])
+
+    def listed() -> list[str]:
+        return dashboard.execute_script(
+            "return [...document.querySelectorAll('#recent tr[data-order-id]')].map(r => r.dataset.orderId)")
+
+    found = until(lambda: order_id in listed() and listed(), f"order {order_id} among the search results")
+    assert all(other.startswith(order_id[:12]) for other in found), found
+    box.clear()
+    box.send_keys(" ")  # an emptied box (clear() fires no input event) shows the latest orders again
+    until(lambda: "found for" not in dashboard.find_element(By.ID, "search-result").text, "the search to be left")
+    assert console_errors(dashboard) == []
+
+
 def test_an_orders_timeline_shows_its_events_and_process_steps_in_order(stack: Settings, dashboard: WebDriver) -> None:
     order = place(stack)
     order_id = order["order_id"]

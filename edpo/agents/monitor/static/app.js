@@ -147,10 +147,15 @@ async function search(text) {
 }
 
 function connect() {
+  // A stream ends every minute and the browser reconnects at once: only a gap that lasts is shown.
+  let gap = null;
   const feed = new EventSource("/feed");
-  feed.addEventListener("overview", (e) => { $("live").className = "live on"; $("live").textContent = "live"; render(JSON.parse(e.data)); });
+  feed.addEventListener("overview", (e) => {
+    clearTimeout(gap); gap = null;
+    $("live").className = "live on"; $("live").textContent = "live"; render(JSON.parse(e.data));
+  });
   feed.onerror = () => {
-    $("live").className = "live off"; $("live").textContent = "reconnecting";
+    if (gap === null) gap = setTimeout(() => { $("live").className = "live off"; $("live").textContent = "reconnecting"; }, 3000);
     fetch("/overview", {credentials: "same-origin"}).then((r) => { if (r.status === 401) location.href = "/login"; }).catch(() => {});
   };
 }
