@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     camunda_url: str = Field(
         default_factory=lambda s: f"http://{s['host']}:{s['camunda_port']}/engine-rest", description="Camunda engine REST base (default: http://HOST:CAMUNDA_PORT/engine-rest)"
     )
+    camunda_webapp_url: str = Field(
+        default_factory=lambda s: s["camunda_url"].rstrip("/").removesuffix("/engine-rest") + "/camunda/app",
+        description="Where people open Cockpit and Tasklist: the dashboard's links (default: CAMUNDA_URL's server "
+        "+ /camunda/app)",
+    )
     camunda_user: str = Field(
         "edpo", pattern=ENGINE_USER_ID, description="Engine user (letters and digits) the workers, the process bridge, "
         "the dev tools and the tests use on /engine-rest (HTTP basic auth); the engine creates it at start",

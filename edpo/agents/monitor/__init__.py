@@ -292,8 +292,7 @@ def create_app(settings: Settings) -> ServiceApp:
     letters = app.struct_table("dead_letters_by_key", DeadLetterBox, help="Dead letters per record key")
     board = Board()
     monitor = Monitor(orders, stock, production, letters, board)
-    webapp = settings.camunda_url.removesuffix("/").removesuffix("/engine-rest") + "/camunda/app"
-    urls = Urls(webapp)
+    urls = Urls(settings.camunda_webapp_url)
     watcher = Watcher(app.engine, settings.kafka_bootstrap, urls)
     app.start_with(watcher)
 
