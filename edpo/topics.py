@@ -60,7 +60,8 @@ warehouse_commands_topic = TopicSpec(
     "Commands to the warehouse; each is answered on warehouse-events with its id as correlation id.",
 )
 warehouse_events_topic = TopicSpec(
-    "warehouse-events", "order_id", m.WarehouseEvent, ("warehouse",), ("order", "camunda bridge", "command clients", "monitor"),
+    "warehouse-events", "order_id", m.WarehouseEvent, ("warehouse",),
+    ("order", "camunda bridge", "command clients", "monitor"),
     "Acknowledgments and fulfilment progress: acceptance, reservation, picking, packing, release, shipping.",
 )
 stock_commands_topic = TopicSpec(
@@ -94,6 +95,11 @@ delivery_events_topic = TopicSpec(
     ("order", "warehouse", "camunda bridge", "command clients", "monitor"),
     "Acknowledgments and courier outcomes.",
 )
+monitor_ticks_topic = TopicSpec(
+    "monitor-ticks", "order_id", m.MonitorTick, ("monitor",), ("monitor",),
+    "The monitor's timer telling its order agent which finished orders to forget.",
+    internal=True,
+)
 dead_letters_topic = TopicSpec(
     # A replay mark has its dead letter's key, so it lands in the same partition, after it.
     "dead-letters", "key", Union[m.DeadLetter, m.DeadLetterReplayed], ("every service", "edpo dlq replay"),
@@ -113,6 +119,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     factory_events_topic,
     delivery_commands_topic,
     delivery_events_topic,
+    monitor_ticks_topic,
     dead_letters_topic,
 )
 BY_NAME = {t.name: t for t in ALL_TOPICS}

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     factory_port: int = Field(6068, description="Factory service web port")
     delivery_port: int = Field(6069, description="Delivery service web port")
     monitor_port: int = Field(6070, description="Monitor web port: the live operations dashboard (one worker)")
+    monitor_retention: float = Field(
+        24, gt=0, description="Hours a finished order stays on the dashboard (counts, recent orders, its timeline) "
+        "before the monitor forgets it",
+    )
     ready_timeout: float = Field(
         180, gt=0, description="Seconds `edpo up` waits for every worker to report ready on /health"
     )

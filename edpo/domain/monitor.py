@@ -142,6 +142,10 @@ class OrderView(msgspec.Struct, kw_only=True):
             self.steps = self.steps[-TIMELINE_LIMIT:]
         return True
 
+    def forgettable(self, now: datetime, retention: timedelta) -> bool:
+        """Finished, and nothing happened to it for longer than the retention."""
+        return self.status in FINAL and self.updated_at is not None and now - self.updated_at > retention
+
     @property
     def waiting(self) -> list[Line]:
         """Units the order still waits for (none once it is final)."""
@@ -296,6 +300,15 @@ class Board:
     def put(self, view: OrderView) -> None:
         self.briefs[view.order_id] = Brief.of(view)
         self.version += 1
+
+    def forget(self, order_id: str) -> None:
+        if self.briefs.pop(order_id, None) is not None:
+            self.version += 1
+
+    def forgettable(self, now: datetime, retention: timedelta) -> list[str]:
+        """Orders finished, and quiet for longer than the retention."""
+        return [b.order_id for b in self.briefs.values()
+                if b.status in FINAL and b.updated_at is not None and now - b.updated_at > retention]
 
     def rebuild(self, views: Iterable[OrderView]) -> None:
         self.briefs = {v.order_id: Brief.of(v) for v in views}

@@ -21,6 +21,7 @@ from edpo.models import (
     DeliveryCompleted,
     DeliveryFailed,
     DeliveryStarted,
+    ForgetOrderView,
     ItemsManufactured,
     Line,
     OrderAccepted,
@@ -33,7 +34,7 @@ from edpo.models import (
 )
 from edpo.runtime.http import Api
 
-from .fakes import MemoryTable
+from .fakes import MemoryTable, RecordingPublish
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 ORDER = "o1"
@@ -211,6 +212,30 @@ async def test_the_monitor_keeps_orders_stock_and_dead_letters_and_counts_change
     assert (row.on_hand, row.reserved, row.available, row.waiting, row.in_production) == (5, 4, 1, 1, 10)
     assert [b.production_id for b in monitor.batch_rows()] == ["p"]
     assert monitor.dead_letters().count == 1 and monitor.dead_letters().items[0].key == ""
+
+
+async def test_an_order_finished_longer_than_the_retention_ago_is_forgotten_and_no_other() -> None:
+    orders = MemoryTable()
+    board = Board()
+    publish = RecordingPublish()
+    now = [at(0)]
+    monitor = Monitor(orders, MemoryTable(), MemoryTable(), MemoryTable(), board, publish,
+                      retention=timedelta(hours=1), clock=lambda: now[0])
+    for order_id, final in [("done", "DELIVERED"), ("open", "SHIPPED")]:
+        await monitor.on_order_event(placed(order_id))
+        await monitor.on_order_event(status(final, 1, order_id))
+    now[0] = at(3599)
+    await monitor.forget_finished()
+    assert publish.sent == []
+    now[0] = at(3602)
+    await monitor.forget_finished()
+    await monitor.forget_finished()  # not sent again while the first is on its way
+    assert [(type(m), m.order_id) for m in publish.sent] == [(ForgetOrderView, "done")]
+    await monitor.on_order_event(publish.sent[0])
+    assert orders.get("done") is None and "done" not in board.briefs
+    assert orders.get("open") is not None and board.counts()["SHIPPED"] == 1
+    await monitor.on_order_event(ForgetOrderView(order_id="open"))  # a tick for an order still going
+    assert orders.get("open") is not None
 
 
 class _Request:

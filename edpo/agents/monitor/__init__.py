@@ -15,8 +15,11 @@ every changelog). The monitor is a read model, not on any order's path: when it 
 on, and it catches up from its committed offsets when it is back. `edpo worker monitor --instance 2`
 is refused.
 
-It never writes to the topics it reads: a record it cannot decode is logged, counted in /health
-(`counters`) and skipped; the record's owner dead-letters it.
+It publishes nothing to the other services' topics: a record it cannot decode is logged, counted
+in /health (`counters`) and skipped, and the record's owner dead-letters it. Its only messages are
+its own ticks on `monitor-ticks`: an order finished longer than EDPO_MONITOR_RETENTION ago is
+forgotten (Faust changes a table only while handling a record of its partition, so the timer
+sends the order's agent a ForgetOrderView, as the delivery service forgets deliveries).
 
 When EDPO_API_TOKEN is set, every read but the page, its static files, the login form and /health
 needs the token: as a bearer header (scripts), or as the session cookie a browser gets by posting
@@ -30,7 +33,8 @@ import hashlib
 import hmac
 import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
@@ -53,13 +57,20 @@ from edpo.domain.monitor import (
     Step,
     timeline,
 )
-from edpo.models import ItemsManufactured, Message, ProductionRequested, ProductionStarted, StockLevelChanged
+from edpo.models import (
+    ForgetOrderView,
+    ItemsManufactured,
+    Message,
+    ProductionRequested,
+    ProductionStarted,
+    StockLevelChanged,
+)
 from edpo.models.api import OrderId
 from edpo.agents.monitor.watch import GroupLag, Link, Listing, Urls, Watcher
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.http import Answer, Call, Problem, Reply
-from edpo.runtime.publish import raw_topic
-from edpo.runtime.tables import Table
+from edpo.runtime.publish import Publish, raw_topic
+from edpo.runtime.tables import Table, TickThrottle
 from edpo.topics import (
     BY_NAME,
     TopicSpec,
@@ -67,6 +78,7 @@ from edpo.topics import (
     delivery_events_topic,
     factory_events_topic,
     inventory_events_topic,
+    monitor_ticks_topic,
     order_events_topic,
     warehouse_events_topic,
 )
@@ -80,7 +92,8 @@ FEED_CHECK = 0.5
 FEED_KEEPALIVE = 15.0
 FEED_LIFETIME = 60.0
 STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
-ORDER_TOPICS = (order_events_topic, warehouse_events_topic, delivery_events_topic)
+ORDER_TOPICS = (order_events_topic, warehouse_events_topic, delivery_events_topic, monitor_ticks_topic)
+RETENTION_SWEEP = 60.0  # seconds between looks for orders to forget
 STOCK_TOPICS = (inventory_events_topic, factory_events_topic)
 
 
@@ -173,17 +186,31 @@ class Monitor:
     """The monitor's handlers: each event goes into the view of its order, SKU or dead-letter key."""
 
     def __init__(self, orders: Table[OrderView], stock: Table[SkuView], production: Table[ProductionView],
-                 letters: Table[DeadLetterBox], board: Board) -> None:
+                 letters: Table[DeadLetterBox], board: Board, publish: Publish | None = None,
+                 retention: timedelta = timedelta(hours=24),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.orders = orders
         self.stock = stock
         self.production = production
         self.letters = letters
         self.board = board
+        self.publish = publish
+        self.retention = retention
+        self.clock = clock
         self.changes = 0  # grows with every change any view took: the feed's cue
+        self._ticks = TickThrottle(resend_after=RETENTION_SWEEP * 5, forget_after=RETENTION_SWEEP * 10)
 
     async def on_order_event(self, msg: Message, topic: str = "") -> None:
-        """An event of one order (order, warehouse or delivery service) joins its view and timeline."""
+        """An event of one order (order, warehouse or delivery service) joins its view and timeline;
+        ForgetOrderView drops an order finished longer than the retention ago."""
         order_id: str = msg.order_id  # type: ignore[attr-defined]
+        if isinstance(msg, ForgetOrderView):
+            found = self.orders.get(order_id)
+            if found is not None and found.forgettable(self.clock(), self.retention):
+                self.orders.delete(order_id)
+                self.board.forget(order_id)
+                self.changes += 1
+            return
         view = self.orders.get(order_id) or OrderView(order_id=order_id)
         if view.apply(msg, topic):
             self.orders.set(order_id, view)
@@ -210,6 +237,17 @@ class Monitor:
         if box.apply(msg):
             self.letters.set(key, box)
             self.changes += 1
+
+    async def forget_finished(self) -> None:
+        """Send ForgetOrderView for every order finished longer than the retention ago (once a
+        while each: the agent decides from the order's view, a repeated tick changes nothing)."""
+        if self.publish is None:
+            return
+        now = self.clock()
+        for order_id in self.board.forgettable(now, self.retention):
+            if self._ticks.should_send(order_id, now.timestamp()):
+                await self.publish(ForgetOrderView(source=SOURCE, order_id=order_id))
+        self._ticks.prune(now.timestamp())
 
     def stock_rows(self) -> list[StockRow]:
         waiting = self.board.waiting_by_sku()
@@ -291,7 +329,8 @@ def create_app(settings: Settings) -> ServiceApp:
     production = app.struct_table("production_by_sku", ProductionView, help="Each SKU's batches in production")
     letters = app.struct_table("dead_letters_by_key", DeadLetterBox, help="Dead letters per record key")
     board = Board()
-    monitor = Monitor(orders, stock, production, letters, board)
+    monitor = Monitor(orders, stock, production, letters, board, app.publisher.publish,
+                      retention=timedelta(hours=settings.monitor_retention))
     urls = Urls(settings.camunda_webapp_url)
     watcher = Watcher(app.engine, settings.kafka_bootstrap, urls)
     app.start_with(watcher)
@@ -317,6 +356,7 @@ def create_app(settings: Settings) -> ServiceApp:
     read("orders", monitor.on_order_event, *ORDER_TOPICS)
     read("stock", monitor.on_stock_event, *STOCK_TOPICS)
     read("dead_letters", monitor.on_dead_letter, dead_letters_topic)
+    app.every(RETENTION_SWEEP, monitor.forget_finished)
 
     # The board is a cache over the order table: built from it once the table is recovered, and
     # again after every rebalance (the table may have other partitions then).
