@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -173,13 +173,15 @@ def test_an_orders_timeline_shows_its_events_and_process_steps_in_order(stack: S
     order = place(stack)
     order_id = order["order_id"]
     row = f"#recent tr[data-order-id='{order_id}']"
-    until(lambda: dashboard.find_element(By.CSS_SELECTOR, row).get_attribute("data-status") == "DELIVERED"
-          if dashboard.find_elements(By.CSS_SELECTOR, row) else None, f"order {order_id} to show DELIVERED", timeout=120)
+    until(lambda: [r for r in dashboard.find_elements(By.CSS_SELECTOR, row)
+                   if r.get_attribute("data-status") == "DELIVERED"],
+          f"order {order_id} to show DELIVERED", timeout=120)
     dashboard.find_element(By.CSS_SELECTOR, row).click()
 
     def steps() -> list[tuple[str, str, str]]:
         items = dashboard.find_elements(By.CSS_SELECTOR, "#timeline li")
-        found = [(i.get_attribute("data-name"), i.get_attribute("data-kind"), i.get_attribute("data-time")) for i in items]
+        found = [(i.get_attribute("data-name"), i.get_attribute("data-kind"), i.get_attribute("data-time"))
+                 for i in items]
         names = [name for name, _, _ in found]
         return found if "DeliveryCompleted" in names and "Order delivered" in names else []
 
@@ -188,7 +190,7 @@ def test_an_orders_timeline_shows_its_events_and_process_steps_in_order(stack: S
     expected = ["OrderPlaced", "OrderAccepted", "Reserve stock", "StockReserved", "Pack goods", "GoodsPacked",
                 "Start delivery", "DeliveryStarted", "DeliveryCompleted", "Order delivered"]
     positions = [names.index(name) for name in expected]
-    assert positions == sorted(positions), list(zip(expected, positions))
+    assert positions == sorted(positions), list(zip(expected, positions, strict=True))
     times = [datetime.fromisoformat(t) for _, _, t in found]
     assert times == sorted(times), "the timeline is not in time order"
     assert {"event", "activity"} <= {kind for _, kind, _ in found}

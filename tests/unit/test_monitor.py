@@ -172,15 +172,16 @@ def test_process_steps_leave_out_gateways_and_mark_user_tasks_and_incidents() ->
     activities = [
         {"id": "a1", "activityId": "start", "activityName": "Order accepted", "activityType": "startEvent",
          "startTime": "2026-11-28T12:00:01.000+0000", "endTime": "2026-11-28T12:00:01.250+0000"},
-        {"id": "a2", "activityId": "gw", "activityType": "exclusiveGateway", "startTime": "2026-11-28T12:00:02.000+0000"},
+        {"id": "a2", "activityId": "gw", "activityType": "exclusiveGateway",
+         "startTime": "2026-11-28T12:00:02.000+0000"},
         {"id": "a3", "activityId": "decide", "activityName": "Resolve overdue delivery", "activityType": "userTask",
          "startTime": "2026-11-28T12:00:03.000+0000", "endTime": None},
     ]
     incidents = [{"id": "i1", "activityId": "pack", "createTime": "2026-11-28T12:00:02.500+0000",
                   "incidentMessage": "warehouse away", "resolved": False, "deleted": False}]
     steps = process_steps(activities, incidents)
-    assert [(s.kind, s.name) for s in steps] == [("activity", "Order accepted"), ("user task", "Resolve overdue delivery"),
-                                                 ("incident", "Incident at pack")]
+    assert [(s.kind, s.name) for s in steps] == [
+        ("activity", "Order accepted"), ("user task", "Resolve overdue delivery"), ("incident", "Incident at pack")]
     assert steps[0].detail == "startEvent, 0.25 s" and steps[1].detail == "userTask, active"
     assert steps[2].detail == "open: warehouse away"
     view = OrderView(order_id=ORDER)

@@ -309,7 +309,8 @@ LOGIN_HTML = """<!doctype html>
 <h1>EDPO operations</h1><p>This stack requires the API token (EDPO_API_TOKEN).</p>
 <p class="error">{error}</p>
 <input type="text" name="username" value="edpo" autocomplete="username" hidden>
-<label>API token <input type="password" name="token" id="token" autocomplete="current-password" autofocus required></label>
+<label>API token
+<input type="password" name="token" id="token" autocomplete="current-password" autofocus required></label>
 <button type="submit" id="sign-in">Sign in</button></form></body></html>
 """
 
