@@ -52,7 +52,7 @@ class TopicSpec:
 
 
 order_events_topic = TopicSpec(
-    "order-events", "order_id", m.OrderEvent, ("order",), ("dashboards", "analytics"),
+    "order-events", "order_id", m.OrderEvent, ("order",), ("monitor", "analytics"),
     "Lifecycle of each order as the order service records it.",
 )
 warehouse_commands_topic = TopicSpec(
@@ -60,7 +60,8 @@ warehouse_commands_topic = TopicSpec(
     "Commands to the warehouse; each is answered on warehouse-events with its id as correlation id.",
 )
 warehouse_events_topic = TopicSpec(
-    "warehouse-events", "order_id", m.WarehouseEvent, ("warehouse",), ("order", "camunda bridge", "command clients"),
+    "warehouse-events", "order_id", m.WarehouseEvent, ("warehouse",),
+    ("order", "camunda bridge", "command clients", "monitor"),
     "Acknowledgments and fulfilment progress: acceptance, reservation, picking, packing, release, shipping.",
 )
 stock_commands_topic = TopicSpec(
@@ -74,7 +75,7 @@ reservation_updates_topic = TopicSpec(
     internal=True,
 )
 inventory_events_topic = TopicSpec(
-    "inventory-events", "sku", m.InventoryEvent, ("warehouse",), ("dashboards",),
+    "inventory-events", "sku", m.InventoryEvent, ("warehouse",), ("monitor",),
     "Stock level of a SKU after every change.",
 )
 factory_commands_topic = TopicSpec(
@@ -82,7 +83,7 @@ factory_commands_topic = TopicSpec(
     "Replenishment requests; the factory coalesces them per SKU into production batches.",
 )
 factory_events_topic = TopicSpec(
-    "factory-events", "sku", m.FactoryEvent, ("factory",), ("warehouse",),
+    "factory-events", "sku", m.FactoryEvent, ("factory",), ("warehouse", "monitor"),
     "Production progress; ItemsManufactured puts the goods into the warehouse.",
 )
 delivery_commands_topic = TopicSpec(
@@ -91,13 +92,18 @@ delivery_commands_topic = TopicSpec(
 )
 delivery_events_topic = TopicSpec(
     "delivery-events", "order_id", m.DeliveryEvent, ("delivery",),
-    ("order", "warehouse", "camunda bridge", "command clients"),
+    ("order", "warehouse", "camunda bridge", "command clients", "monitor"),
     "Acknowledgments and courier outcomes.",
+)
+monitor_ticks_topic = TopicSpec(
+    "monitor-ticks", "order_id", m.MonitorTick, ("monitor",), ("monitor",),
+    "The monitor's timer telling its order agent which finished orders to forget.",
+    internal=True,
 )
 dead_letters_topic = TopicSpec(
     # A replay mark has its dead letter's key, so it lands in the same partition, after it.
     "dead-letters", "key", Union[m.DeadLetter, m.DeadLetterReplayed], ("every service", "edpo dlq replay"),
-    ("operators (edpo dlq)",),
+    ("operators (edpo dlq)", "monitor"),
     "Records that could not be decoded or handled, with the reason; nothing is dropped silently. "
     "DeadLetterReplayed marks a dead letter sent back to its topic.",
 )
@@ -113,6 +119,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     factory_events_topic,
     delivery_commands_topic,
     delivery_events_topic,
+    monitor_ticks_topic,
     dead_letters_topic,
 )
 BY_NAME = {t.name: t for t in ALL_TOPICS}

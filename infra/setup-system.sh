@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages EDPO's servers need, only those that are missing:
 # a JDK and Maven (Kafka and Camunda run on the JVM, their jars come from Maven Central)
-# and the PostgreSQL server (Debian's package; the project runs its own cluster).
+# and the PostgreSQL server (Debian's package; the project runs its own cluster); headless
+# Chromium and its WebDriver for the dashboard's browser tests (tests/e2e/test_dashboard.py).
 set -euo pipefail
 
 need=()
@@ -9,6 +10,8 @@ command -v java >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"

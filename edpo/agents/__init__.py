@@ -1,11 +1,12 @@
 """The four services, one place each: order (a package: it has a database), warehouse, factory,
-delivery. Each exposes `create_app(settings)`, its composition root."""
+delivery; and the monitor (a package: it has its dashboard's files), a read model of their
+events. Each exposes `create_app(settings)`, its composition root."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from edpo.agents import delivery, factory, order, warehouse
+from edpo.agents import delivery, factory, monitor, order, warehouse
 from edpo.config import Settings
 from edpo.runtime.app import ServiceApp, run_worker
 
@@ -14,6 +15,7 @@ APPS: dict[str, Callable[[Settings], ServiceApp]] = {
     "warehouse": warehouse.create_app,
     "factory": factory.create_app,
     "delivery": delivery.create_app,
+    "monitor": monitor.create_app,
 }
 
 

@@ -27,7 +27,11 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The four business services. The monitor (a read model, one worker) is not among them.
 SERVICES = ("order", "warehouse", "factory", "delivery")
+MONITOR = "monitor"
+# Every kind of worker `edpo worker` runs and `edpo up` starts.
+WORKERS = (*SERVICES, MONITOR)
 # What a BPMN timer takes as a duration: P[nD]T[nH][nM][nS] (weeks, years and months too).
 ISO_DURATION = re.compile(r"P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
 # Further instances of a service listen on base port + 100 * (instance - 1).
@@ -79,6 +83,11 @@ class Settings(BaseSettings):
     camunda_url: str = Field(
         default_factory=lambda s: f"http://{s['host']}:{s['camunda_port']}/engine-rest", description="Camunda engine REST base (default: http://HOST:CAMUNDA_PORT/engine-rest)"
     )
+    camunda_webapp_url: str = Field(
+        default_factory=lambda s: s["camunda_url"].rstrip("/").removesuffix("/engine-rest") + "/camunda/app",
+        description="Where people open Cockpit and Tasklist: the dashboard's links (default: CAMUNDA_URL's server "
+        "+ /camunda/app)",
+    )
     camunda_user: str = Field(
         "edpo", pattern=ENGINE_USER_ID, description="Engine user (letters and digits) the workers, the process bridge, "
         "the dev tools and the tests use on /engine-rest (HTTP basic auth); the engine creates it at start",
@@ -123,6 +132,11 @@ class Settings(BaseSettings):
     warehouse_port: int = Field(6067, description="Warehouse service web port")
     factory_port: int = Field(6068, description="Factory service web port")
     delivery_port: int = Field(6069, description="Delivery service web port")
+    monitor_port: int = Field(6070, description="Monitor web port: the live operations dashboard (one worker)")
+    monitor_retention: float = Field(
+        24, gt=0, description="Hours a finished order stays on the dashboard (counts, recent orders, its timeline) "
+        "before the monitor forgets it",
+    )
     ready_timeout: float = Field(
         180, gt=0, description="Seconds `edpo up` waits for every worker to report ready on /health"
     )
@@ -220,7 +234,8 @@ class Settings(BaseSettings):
     api_token: str = Field(
         "", repr=False, description="Bearer token the order, warehouse, factory and delivery HTTP APIs require for "
         "writes, personal data (deliveries, addresses, Faust table views) and /metrics when set; /health, /openapi.json, "
-        "/docs, /catalog and stock stay open (empty: no token needed)",
+        "/docs, /catalog and stock stay open (empty: no token needed). The monitor's data needs it too: a browser "
+        "signs in once at /login and gets a session cookie",
     )
 
     # The generated secrets this object took from RUN_DIR/secrets.env (not from the environment).
@@ -269,8 +284,8 @@ class Settings(BaseSettings):
 
     @property
     def web_ports(self) -> dict[str, int]:
-        """Base web port of each service (its first instance)."""
-        return {s: getattr(self, f"{s}_port") for s in SERVICES}
+        """Base web port of each kind of worker (its first instance): the four services and the monitor."""
+        return {s: getattr(self, f"{s}_port") for s in WORKERS}
 
     def web_port(self, service: str, instance: int | None = None) -> int:
         """The web port of one worker: the service's base port + 100 per further instance."""

@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from edpo.config import SERVICES, Settings
+from edpo.config import MONITOR, SERVICES, Settings
 from edpo.runtime.http import bearer
 
 SKU = "CABLE"
@@ -46,7 +46,7 @@ POLL_INTERVAL = 0.5
 PROGRESS_EVERY = 3.0
 RESULT_VERSION = 1
 # The process groups whose CPU is accounted, in report order ("bench" is this client).
-GROUPS = (*SERVICES, "camunda", "kafka", "postgres", "bench")
+GROUPS = (*SERVICES, MONITOR, "camunda", "kafka", "postgres", "bench")
 
 
 def _err(line: str) -> None:

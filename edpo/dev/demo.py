@@ -48,6 +48,7 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     """Place the samples, print every status change until all are final, then the URLs."""
     api = f"http://{settings.host}:{settings.web_ports['order']}"
     orders: dict[str, tuple[str, list[str]]] = {}
+    _out(f"Dashboard: http://{settings.host}:{settings.web_port('monitor')}/  (open it to watch the orders move)")
     _, dock = request_json("GET", f"http://{settings.host}:{settings.web_ports['warehouse']}/stock/DOCK", token=settings.api_token)
     short = dock["available"] + 2 if isinstance(dock, dict) and "available" in dock else 3
     for label, body in SAMPLES:
@@ -92,6 +93,7 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     h = settings.host
     _out(f"""
 Look around:
+  Dashboard         http://{h}:{settings.web_port('monitor')}/   (live: orders, timelines, stock, escalations, lag)
   Order API         {api}/orders   (described at {api}/docs, {api}/openapi.json)
   Warehouse API     http://{h}:{settings.web_ports['warehouse']}/docs
   Stock             http://{h}:{settings.web_ports['warehouse']}/stock

@@ -314,6 +314,18 @@ class DeliveryWithdrawn(Message, frozen=True):
 DeliveryEvent = Union[DeliveryAccepted, DeliveryRejected, DeliveryStarted, DeliveryCompleted, DeliveryFailed,
                       DeliveryWithdrawn]
 
+# --- the monitor's own ticks (keyed by order id) ----------------------------------------------
+
+
+class ForgetOrderView(Message, frozen=True):
+    """Internal tick of the monitor: an order finished longer than EDPO_MONITOR_RETENTION ago
+    leaves the dashboard."""
+
+    order_id: str
+
+
+MonitorTick = Union[ForgetOrderView]
+
 # --- dead letters --------------------------------------------------------------------------------
 
 

@@ -192,6 +192,8 @@ class Api:
         self._open: set[tuple[str, str]] = set()  # (method, route pattern)
         self._document: bytes | None = None
         self._refinements: list[tuple[str, str, dict[str, Any]]] = []
+        # Another credential a service accepts instead of the bearer token (the monitor's session cookie).
+        self.also_authorized: Callable[[web.Request], bool] | None = None
 
     # --- declaring ---------------------------------------------------------------------------
 
@@ -286,6 +288,8 @@ class Api:
 
     def authorized(self, request: web.Request) -> bool:
         if not self.token:
+            return True
+        if self.also_authorized is not None and self.also_authorized(request):
             return True
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token.encode())
