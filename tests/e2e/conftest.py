@@ -85,8 +85,16 @@ class Api:
         raise AssertionError(f"no delivery worker knows {order_id}")
 
     async def produced(self, sku: str) -> int:
-        _, reply = await self.call("GET", f"{self.factory}/production")
-        return sum(line["produced_total"] for line in reply["lines"] if line["sku"] == sku)
+        """Units of sku the factory produced, over every factory worker (each lists the production
+        lines of its own partitions, and the stack may run `--instances N`)."""
+        total = 0
+        for n in range(1, 5):
+            try:
+                _, reply = await self.call("GET", f"http://{self.s.host}:{self.s.web_port('factory', n)}/production")
+            except aiohttp.ClientConnectionError:
+                break
+            total += sum(line["produced_total"] for line in reply["lines"] if line["sku"] == sku)
+        return total
 
     async def wait_final(self, order_id: str, timeout: float = 120) -> dict:
         await eventually(lambda: self.order(order_id, process=False), lambda o: o["status"] in FINAL, timeout,
