@@ -130,8 +130,14 @@ def test_the_dashboard_loads_with_no_console_errors(stack: Settings, dashboard: 
     # The first contentful paint of a fresh load, for the record (not asserted).
     dashboard.refresh()
     until(lambda: dashboard.find_elements(By.CSS_SELECTOR, "#counts .tile"), "the reloaded page")
-    paints = dashboard.execute_script(
-        "return Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+    # The browser records a paint entry a moment after the paint, not always before the page's
+    # elements can be found: wait for it.
+    def painted() -> dict[str, float] | None:
+        entries = dashboard.execute_script(
+            "return Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+        return entries if "first-contentful-paint" in entries else None
+
+    paints = until(painted, "the first contentful paint entry", timeout=10)
     nav = dashboard.execute_script("const n = performance.getEntriesByType('navigation')[0]; "
                                    "return {dom_content_loaded: n.domContentLoadedEventEnd, load: n.loadEventEnd}")
     (stack.run_dir / "dashboard-paint.json").write_text(json.dumps({**paints, **nav}, indent=1) + "\n")

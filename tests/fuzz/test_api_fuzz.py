@@ -174,6 +174,12 @@ def test_order_sequences_follow_the_documented_links(stack: Settings) -> None:
         def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
             case.validate_response(response, headers=token)
 
+    # Hypothesis replays a sequence's choices and requires the same rules to be open each time. A
+    # cancellation's answer depends on timing (202 while the order waits, 409 once it has shipped),
+    # so links that start from a 202 make generation itself flaky (FlakyStrategyDefinition); the
+    # links into a cancellation, from a created or a read order, stay.
+    for name in [n for n in dir(OrderSequences) if n.startswith("POST_orders_order_id_cancel___202_")]:
+        setattr(OrderSequences, name, None)
     OrderSequences.run(settings=settings(max_examples=max(5, EXAMPLES // 3), stateful_step_count=6, deadline=None,
                                          database=None, suppress_health_check=list(HealthCheck)))
     followed = {k for k in TALLY.by_status if k.startswith(("GET /orders/{order_id} 200", "POST /orders/{order_id}/cancel 202"))}
