@@ -36,7 +36,8 @@ from camunda.external_task.async_external_task_executor import AsyncExternalTask
 from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
 from camunda.external_task.external_task import ExternalTask, TaskResult
 from camunda.variables.variables import Variables
-from edpo.camunda.engine import Engine
+from edpo.camunda.engine import Engine, EngineError
+from edpo.logs import log_context
 from edpo.models import Line
 
 logger = logging.getLogger(__name__)
@@ -136,13 +137,23 @@ class BatchWorker(AsyncExternalTaskWorker):
         return bool(contexts)
 
     async def _run(self, task: ExternalTask, action: Any) -> None:
-        try:
-            await self.executor.execute_task(task, action)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the engine did not take the result: the lock expires, the task returns
-            logger.warning("could not report %s of %s to the engine: %s", task.get_topic_name(),
+        # Whatever is logged while the task runs and is reported names its order and trace.
+        with log_context(order_id=task.get_business_key(), trace_id=task_trace(task)):
+            try:
+                await self.executor.execute_task(task, action)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the engine did not take the result: the lock expires, the task returns
+                # A completion racing a lock renewal or another worker is a conflict the engine answers
+                # with a 500; the task comes back and runs again: expected, not a warning.
+                level = logging.INFO if _concurrent_update(e) else logging.WARNING
+                logger.log(level, "could not report %s of %s to the engine: %s", task.get_topic_name(),
                            task.get_business_key(), e)
+
+
+def _concurrent_update(e: Exception) -> bool:
+    """The engine refused a result because another transaction changed the task first (ENGINE-03005)."""
+    return isinstance(e, EngineError) and "OptimisticLockingException" in str(e.body)
 
 
 async def keep_locked(client: EngineTaskClient, task_id: str, lock_ms: int) -> None:

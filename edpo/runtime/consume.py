@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from edpo.logs import log_context
 from edpo.models import DeadLetter, Message
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import HANDLER, HANDLER_ATTEMPTS, OUTAGE
@@ -107,7 +108,9 @@ async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: 
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         await dead_letter(publish, event, f"undecodable: {e}", error=f"{type(e).__name__}: {e}", sleep=sleep)
         return
-    await _handle(event, msg, handle, name, publish, sleep)
+    # Whatever is logged while the message is handled names its order and trace.
+    with log_context(order_id=getattr(msg, "order_id", None), trace_id=msg.trace_id):
+        await _handle(event, msg, handle, name, publish, sleep)
 
 
 async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish: Publish, sleep: Sleep) -> None:

@@ -30,6 +30,7 @@ from edpo.config import Settings
 from edpo.config.catalog import Catalog, load_catalog
 from edpo.domain.lifecycle import status_for
 from edpo.domain.order import InvalidOrder, NewOrder, new_order
+from edpo.logs import log_context
 from edpo.models import Message
 from edpo.models.api import (
     CancelConflict,
@@ -211,6 +212,8 @@ def create_app(settings: Settings) -> ServiceApp:
         except InvalidOrder as e:
             raise Problem(422, e.errors[0]["field"], e.errors[0]["message"], extra={"errors": e.errors}) from None
         order, created = await orders.place(new, call.idempotency_key())
+        with log_context(order_id=order["order_id"], trace_id=order.get("trace_id")):
+            logger.info("order placed" if created else "order placed before (same Idempotency-Key)")
         headers = {"Location": f"/orders/{order['order_id']}"}
         if not created:
             headers["Idempotent-Replayed"] = "true"
