@@ -79,13 +79,18 @@ def without_stack_frames(text: str) -> str:
 def run(settings: Settings, verb: str, args: Sequence[str], extra: Sequence[str] = ()) -> int:
     """Run the tool in the foreground, its output straight to this terminal, its errors without
     stack frames; its exit code (1 when it printed an error)."""
+    # The console consumer's records are passed on as they come; the other tools' output is short.
+    stdout = None if verb == "consume" else subprocess.PIPE
     try:
-        done = subprocess.run(command(settings, verb, args, extra), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+        done = subprocess.run(command(settings, verb, args, extra), stdin=subprocess.DEVNULL, stdout=stdout,
+                              stderr=subprocess.PIPE, text=True)
     except KeyboardInterrupt:  # the console consumer runs until interrupted
         return 130
+    sys.stdout.write(done.stdout or "")
+    sys.stdout.flush()
     sys.stderr.write(without_stack_frames(done.stderr))
-    # kafka-consumer-groups reports a failure ("Error: ...") and still exits 0.
-    if done.returncode == 0 and any(line.startswith("Error:") for line in done.stderr.splitlines()):
+    # kafka-consumer-groups reports a failure ("Error: ..." on standard output) and still exits 0.
+    said = (done.stdout or "").splitlines() + done.stderr.splitlines()
+    if done.returncode == 0 and any(line.startswith("Error:") for line in said):
         return 1
     return done.returncode
