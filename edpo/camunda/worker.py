@@ -144,16 +144,22 @@ class BatchWorker(AsyncExternalTaskWorker):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the engine did not take the result: the lock expires, the task returns
-                # A completion racing a lock renewal or another worker is a conflict the engine answers
-                # with a 500; the task comes back and runs again: expected, not a warning.
-                level = logging.INFO if _concurrent_update(e) else logging.WARNING
+                # A completion racing a lock renewal or another worker (the engine answers 500, the task
+                # comes back and runs again), or the task gone because a cancellation interrupted it:
+                # expected, not a warning.
+                level = logging.INFO if _expected_refusal(e) else logging.WARNING
                 logger.log(level, "could not report %s of %s to the engine: %s", task.get_topic_name(),
                            task.get_business_key(), e)
 
 
-def _concurrent_update(e: Exception) -> bool:
-    """The engine refused a result because another transaction changed the task first (ENGINE-03005)."""
-    return isinstance(e, EngineError) and "OptimisticLockingException" in str(e.body)
+def _expected_refusal(e: Exception) -> bool:
+    """The engine refused a result because another transaction changed the task first (ENGINE-03005),
+    or because the task or its execution no longer exists."""
+    if not isinstance(e, EngineError):
+        return False
+    text = str(e.body)
+    return ("OptimisticLockingException" in text or (e.status == 404 and "does not exist" in text)
+            or "Cannot find execution with id" in text)
 
 
 async def keep_locked(client: EngineTaskClient, task_id: str, lock_ms: int) -> None:

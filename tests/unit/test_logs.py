@@ -164,3 +164,16 @@ def test_rotate_keeps_the_newest_archives_and_drops_the_oldest(tmp_path: Path) -
     assert (tmp_path / "worker-order-1.out.1").read_text() == "run 3"
     assert (tmp_path / "worker-order-1.out.2").read_text() == "run 2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-order-1.out.1", "worker-order-1.out.2"]
+
+
+def test_results_the_engine_refuses_for_expected_reasons_are_not_warnings() -> None:
+    from edpo.camunda.engine import EngineError
+    from edpo.camunda.worker import _expected_refusal
+
+    conflict = EngineError(500, {"type": "OptimisticLockingException", "message": "ENGINE-03005 ... concurrently."})
+    gone = EngineError(404, {"type": "RestException", "message": "External task with id 1 does not exist"})
+    ended = EngineError(500, {"type": "NullValueException",
+                              "message": "Cannot find execution with id 2 for external task 3: execution is null"})
+    assert all(_expected_refusal(e) for e in (conflict, gone, ended))
+    assert not _expected_refusal(EngineError(500, {"type": "ProcessEngineException", "message": "disk full"}))
+    assert not _expected_refusal(ConnectionResetError("engine away"))

@@ -6,6 +6,7 @@ import ch.qos.logback.classic.turbo.TurboFilter;
 import ch.qos.logback.core.spi.FilterReply;
 import org.camunda.bpm.engine.MismatchingMessageCorrelationException;
 import org.camunda.bpm.engine.OptimisticLockingException;
+import org.camunda.bpm.engine.exception.NullValueException;
 import org.slf4j.Marker;
 
 /**
@@ -14,7 +15,7 @@ import org.slf4j.Marker;
  * <p>The engine logs every exception a command ends with at ERROR, with its stack trace
  * (ENGINE-16004, logger {@code org.camunda.bpm.engine.context}), and the REST API every answer
  * 5xx at WARN with the stack trace in the message ({@code org.camunda.bpm.engine.rest.exception}).
- * Two of those are outcomes EDPO expects and handles, not errors:
+ * Three of those are outcomes EDPO expects and handles, not errors:
  *
  * <ul>
  *   <li>a message that finds no instance waiting for it ({@link MismatchingMessageCorrelationException}):
@@ -23,12 +24,15 @@ import org.slf4j.Marker;
  *   <li>a concurrent update ({@link OptimisticLockingException}, ENGINE-03005) of an external task,
  *       e.g. a completion racing a lock renewal: the REST API answers 500, the worker's task comes
  *       back after its lock expires and runs again.
+ *   <li>a completion of an external task whose execution has just ended ({@link NullValueException}
+ *       "Cannot find execution ... for external task"): a customer's cancellation interrupted the
+ *       task while a worker ran it; nothing is left to complete.
  * </ul>
  *
  * <p>(The engine itself logs an OptimisticLockingException that ends a command at DEBUG.) About 11 kB
  * of stack trace each, they made up 98% of the engine's log (15 MB after a few test
  * runs). Each now becomes one line on the logger {@code org.edpo.camunda.expected}: correlation
- * misses at DEBUG (not written unless that logger is set to DEBUG), conflicts at INFO. Every other
+ * misses at DEBUG (not written unless that logger is set to DEBUG), the others at INFO. Every other
  * exception is logged as before, with its stack trace.
  */
 public class ExpectedOutcomes extends TurboFilter {
@@ -50,15 +54,26 @@ public class ExpectedOutcomes extends TurboFilter {
         expected(logger, Level.DEBUG, "not correlated (yet): " + firstLine(thrown.getMessage()));
         return FilterReply.DENY;
       }
+      if (thrown instanceof NullValueException && taskGone(thrown.getMessage())) {
+        expected(logger, Level.INFO, "external task's execution gone: " + firstLine(thrown.getMessage()));
+        return FilterReply.DENY;
+      }
     } else if (REST_LOGGER.equals(name)) {
       // The REST logger puts the whole stack trace into the message: "ENGINE-REST-HTTP500 <trace>".
       String first = firstLine(format);
-      if (first.contains(OptimisticLockingException.class.getName() + ":")) {
-        expected(logger, Level.INFO, "concurrent update answered 500: " + first);
+      if (first.contains(OptimisticLockingException.class.getName() + ":")
+          || first.contains(NullValueException.class.getName() + ":") && taskGone(first)) {
+        expected(logger, Level.INFO, "answered 500: " + first);
         return FilterReply.DENY;
       }
     }
     return FilterReply.NEUTRAL;
+  }
+
+  /** The execution of an external task ended while a worker still ran the task (an order's
+   * cancellation interrupts it): "Cannot find execution with id X for external task Y". */
+  static boolean taskGone(String message) {
+    return message != null && message.contains("Cannot find execution with id") && message.contains("for external task");
   }
 
   private static void expected(Logger source, Level level, String line) {
