@@ -14,6 +14,9 @@ Every adaptation of the client library lives here, each for a measured reason:
 - `BatchWorker`: the library's worker runs the one task a fetch returns; this one runs every
   task of a batch, each under its own permit of the worker's concurrency limit.
 - `_QuietCamundaLogs`: the library logs every poll at INFO on the root logger.
+- `EngineOutage`: while the engine is away (restarting, say) the library logs an error with its
+  traceback for every topic every 0.1 s (10 MB a minute per worker); a worker now says once that
+  the engine is away, once a minute that it still is, and once that it is back, and polls slower.
 
 Handlers stay plain: a service passes `{topic: handler}`, each handler takes the library's
 `ExternalTask` and returns its `TaskResult`. A handler that raises becomes a failure with
@@ -25,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import mode
 
 from camunda.client.async_external_task_client import AsyncExternalTaskClient
@@ -119,14 +124,27 @@ class EngineTaskClient(AsyncExternalTaskClient):
 class BatchWorker(AsyncExternalTaskWorker):
     """The library's worker, running every task of a batch fetch through the library's executor."""
 
-    def __init__(self, worker_id: str, client: EngineTaskClient, config: dict[str, Any]) -> None:
+    def __init__(self, worker_id: str, client: EngineTaskClient, config: dict[str, Any],
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 ) -> None:
         super().__init__(worker_id, client.engine.base_url, config)
         self.client = client
         self.executor = AsyncExternalTaskExecutor(worker_id, client)
+        self.outage = EngineOutage(worker_id, clock)
+        self._sleep = sleep
 
     async def fetch_and_execute(self, topic_name: str, action: Any, process_variables: Any = None,
                                 variables: Any = None) -> bool:
-        contexts = await self.client.fetch_and_lock([topic_name], process_variables, variables)
+        try:
+            contexts = await self.client.fetch_and_lock([topic_name], process_variables, variables)
+        except Exception as e:
+            if not _engine_away(e):
+                raise  # the library logs it with its traceback and polls again
+            # The library would log a traceback per topic every 0.1 s while the engine is away
+            # (10 MB a minute); one line when it goes, one when it is back, and slower polls meanwhile.
+            await self._sleep(self.outage.failed(e))
+            return False
+        self.outage.answered()
         for n, context in enumerate(contexts):
             if n:  # the polling loop took one permit for the fetch; each further task takes its own
                 await self.semaphore.acquire()
@@ -150,6 +168,49 @@ class BatchWorker(AsyncExternalTaskWorker):
                 level = logging.INFO if _expected_refusal(e) else logging.WARNING
                 logger.log(level, "could not report %s of %s to the engine: %s", task.get_topic_name(),
                            task.get_business_key(), e)
+
+
+def _engine_away(e: BaseException) -> bool:
+    """The engine cannot be reached or cannot serve (restarting, its database away): not the request's fault."""
+    if isinstance(e, EngineError):
+        return e.status >= 500
+    return isinstance(e, (aiohttp.ClientConnectionError, TimeoutError, OSError))
+
+
+class EngineOutage:
+    """One worker's view of the engine being away: logs its start, a reminder a minute, and its end,
+    and says how long to wait before the next fetch (0.1 s doubling up to 2 s)."""
+
+    REMIND_EVERY = 60.0
+    MAX_PAUSE = 2.0
+
+    def __init__(self, worker_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.worker_id = worker_id
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+        self._reminded = 0.0
+
+    def failed(self, e: BaseException) -> float:
+        """A fetch failed because the engine is away; the pause before the next one."""
+        now = self.clock()
+        self.failures += 1
+        if self.since is None:
+            self.since = self._reminded = now
+            logger.warning("%s: the engine does not answer (%s: %s); fetching tasks again until it does",
+                           self.worker_id, type(e).__name__, e)
+        elif now - self._reminded >= self.REMIND_EVERY:
+            self._reminded = now
+            logger.warning("%s: the engine still does not answer after %.0fs (%d failed fetches; last: %s: %s)",
+                           self.worker_id, now - self.since, self.failures, type(e).__name__, e)
+        return min(0.1 * 2 ** min(self.failures - 1, 5), self.MAX_PAUSE)
+
+    def answered(self) -> None:
+        """A fetch succeeded: the outage, if there was one, is over."""
+        if self.since is not None:
+            logger.info("%s: the engine answers again after %.1fs (%d failed fetches)", self.worker_id,
+                           self.clock() - self.since, self.failures)
+            self.since, self.failures = None, 0
 
 
 def _expected_refusal(e: Exception) -> bool:

@@ -177,3 +177,69 @@ def test_results_the_engine_refuses_for_expected_reasons_are_not_warnings() -> N
     assert all(_expected_refusal(e) for e in (conflict, gone, ended))
     assert not _expected_refusal(EngineError(500, {"type": "ProcessEngineException", "message": "disk full"}))
     assert not _expected_refusal(ConnectionResetError("engine away"))
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_an_engine_outage_is_logged_once_with_a_reminder_a_minute_and_its_end(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import aiohttp
+
+    from edpo.camunda.worker import BatchWorker, EngineTaskClient
+
+    class Engine:
+        base_url = "http://127.0.0.1:1/engine-rest"
+        away = True
+
+        async def request(self, method: str, path: str, **kw: object) -> list:
+            if self.away:
+                raise aiohttp.ClientConnectionError("Cannot connect to host")
+            return []
+
+    engine, clock, pauses = Engine(), _Clock(), []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.now += seconds
+
+    config = {"asyncResponseTimeout": 5000, "usePriority": True, "lockDuration": 10000, "deserializeValues": False}
+    worker = BatchWorker("warehouse-1-0", EngineTaskClient("warehouse-1-0", engine, config, 10),  # type: ignore[arg-type]
+                         config, clock=clock, sleep=sleep)
+    caplog.set_level(logging.INFO, logger="edpo.camunda.worker")
+
+    for _ in range(80):  # about 2 minutes of polling an engine that is away
+        assert await worker.fetch_and_execute("reserve-stock", None) is False
+    engine.away = False
+    assert await worker.fetch_and_execute("reserve-stock", None) is False  # answered: no tasks
+
+    ours = [r for r in caplog.records if r.name == "edpo.camunda.worker"]
+    said = [r.getMessage() for r in ours]
+    assert len(said) == 4, said  # away, reminded twice in 150 s, back
+    assert "does not answer" in said[0] and "ClientConnectionError" in said[0]
+    assert any("still does not answer" in line for line in said[1:-1])
+    assert "answers again" in said[-1] and "80 failed fetches" in said[-1]
+    assert not any(r.exc_info for r in caplog.records), "no traceback for an outage"
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+    assert pauses[:3] == [0.1, 0.2, 0.4] and max(pauses) == 2.0
+
+
+async def test_a_fetch_failing_for_another_reason_still_reaches_the_librarys_error_log() -> None:
+    from edpo.camunda.engine import EngineError
+    from edpo.camunda.worker import BatchWorker, EngineTaskClient
+
+    class Engine:
+        base_url = "http://127.0.0.1:1/engine-rest"
+
+        async def request(self, method: str, path: str, **kw: object) -> list:
+            raise EngineError(400, {"message": "bad request"})
+
+    config = {"asyncResponseTimeout": 5000, "usePriority": True, "lockDuration": 10000, "deserializeValues": False}
+    worker = BatchWorker("w", EngineTaskClient("w", Engine(), config, 10), config)  # type: ignore[arg-type]
+    with pytest.raises(EngineError):
+        await worker.fetch_and_execute("reserve-stock", None)
