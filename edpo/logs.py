@@ -8,6 +8,7 @@
 - `JsonFormatter` writes one JSON object per line (`EDPO_LOG_FORMAT=json`): time (ISO 8601, UTC),
   level, service, instance, logger, message, order_id and trace_id where known, exception.
   `TextFormatter`, the default, writes the same as one readable line.
+- `OutageLog`: a retrying loop's failures while a server is away, told once (not a traceback a try).
 - `logging_config(...)`: the `logging.config.dictConfig` the worker hands to Faust's worker, which
   sets up logging itself: a size-capped rotating file (`EDPO_LOG_MAX_MB`, `EDPO_LOG_BACKUPS`) when
   `edpo up` starts the worker, standard error when it runs in the foreground.
@@ -20,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +119,42 @@ class TextFormatter(logging.Formatter):
 
 
 FORMATTERS: dict[str, type[logging.Formatter]] = {"text": TextFormatter, "json": JsonFormatter}
+
+
+class OutageLog:
+    """A loop's failures while something it needs is away (the engine, the database), told once:
+    a warning without traceback when they start, a reminder a minute, a line when they end.
+    A loop retrying every 0.1 s used to log a traceback each time: megabytes a minute."""
+
+    REMIND_EVERY = 60.0
+
+    def __init__(self, log: logging.Logger, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.what = what
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+        self._reminded = 0.0
+
+    def failed(self, e: BaseException) -> int:
+        """One more failure; how many in a row."""
+        now = self.clock()
+        self.failures += 1
+        if self.since is None:
+            self.since = self._reminded = now
+            self.log.warning("%s failed (%s: %s); trying again until it passes", self.what, type(e).__name__, e)
+        elif now - self._reminded >= self.REMIND_EVERY:
+            self._reminded = now
+            self.log.warning("%s still failing after %.0fs (%d failures; last: %s: %s)", self.what, now - self.since,
+                             self.failures, type(e).__name__, e)
+        return self.failures
+
+    def passed(self) -> None:
+        """It worked: the outage, if there was one, is over."""
+        if self.since is not None:
+            self.log.info("%s passes again after %.1fs (%d failures)", self.what, self.clock() - self.since,
+                          self.failures)
+            self.since, self.failures = None, 0
 
 
 def logging_config(*, service: str, instance: int, level: str, log_format: str, log_file: Path | None = None,

@@ -14,7 +14,7 @@ Every adaptation of the client library lives here, each for a measured reason:
 - `BatchWorker`: the library's worker runs the one task a fetch returns; this one runs every
   task of a batch, each under its own permit of the worker's concurrency limit.
 - `_QuietCamundaLogs`: the library logs every poll at INFO on the root logger.
-- `EngineOutage`: while the engine is away (restarting, say) the library logs an error with its
+- `OutageLog` (edpo/logs.py): while the engine is away (restarting, say) the library logs an error with its
   traceback for every topic every 0.1 s (10 MB a minute per worker); a worker now says once that
   the engine is away, once a minute that it still is, and once that it is back, and polls slower.
 
@@ -42,7 +42,7 @@ from camunda.external_task.async_external_task_worker import AsyncExternalTaskWo
 from camunda.external_task.external_task import ExternalTask, TaskResult
 from camunda.variables.variables import Variables
 from edpo.camunda.engine import Engine, EngineError
-from edpo.logs import log_context
+from edpo.logs import OutageLog, log_context
 from edpo.models import Line
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class BatchWorker(AsyncExternalTaskWorker):
         super().__init__(worker_id, client.engine.base_url, config)
         self.client = client
         self.executor = AsyncExternalTaskExecutor(worker_id, client)
-        self.outage = EngineOutage(worker_id, clock)
+        self.outage = OutageLog(logger, f"{worker_id}: fetching tasks from the engine", clock)
         self._sleep = sleep
 
     async def fetch_and_execute(self, topic_name: str, action: Any, process_variables: Any = None,
@@ -142,9 +142,9 @@ class BatchWorker(AsyncExternalTaskWorker):
                 raise  # the library logs it with its traceback and polls again
             # The library would log a traceback per topic every 0.1 s while the engine is away
             # (10 MB a minute); one line when it goes, one when it is back, and slower polls meanwhile.
-            await self._sleep(self.outage.failed(e))
+            await self._sleep(outage_pause(self.outage.failed(e)))
             return False
-        self.outage.answered()
+        self.outage.passed()
         for n, context in enumerate(contexts):
             if n:  # the polling loop took one permit for the fetch; each further task takes its own
                 await self.semaphore.acquire()
@@ -177,40 +177,9 @@ def _engine_away(e: BaseException) -> bool:
     return isinstance(e, (aiohttp.ClientConnectionError, TimeoutError, OSError))
 
 
-class EngineOutage:
-    """One worker's view of the engine being away: logs its start, a reminder a minute, and its end,
-    and says how long to wait before the next fetch (0.1 s doubling up to 2 s)."""
-
-    REMIND_EVERY = 60.0
-    MAX_PAUSE = 2.0
-
-    def __init__(self, worker_id: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.worker_id = worker_id
-        self.clock = clock
-        self.since: float | None = None
-        self.failures = 0
-        self._reminded = 0.0
-
-    def failed(self, e: BaseException) -> float:
-        """A fetch failed because the engine is away; the pause before the next one."""
-        now = self.clock()
-        self.failures += 1
-        if self.since is None:
-            self.since = self._reminded = now
-            logger.warning("%s: the engine does not answer (%s: %s); fetching tasks again until it does",
-                           self.worker_id, type(e).__name__, e)
-        elif now - self._reminded >= self.REMIND_EVERY:
-            self._reminded = now
-            logger.warning("%s: the engine still does not answer after %.0fs (%d failed fetches; last: %s: %s)",
-                           self.worker_id, now - self.since, self.failures, type(e).__name__, e)
-        return min(0.1 * 2 ** min(self.failures - 1, 5), self.MAX_PAUSE)
-
-    def answered(self) -> None:
-        """A fetch succeeded: the outage, if there was one, is over."""
-        if self.since is not None:
-            logger.info("%s: the engine answers again after %.1fs (%d failed fetches)", self.worker_id,
-                           self.clock() - self.since, self.failures)
-            self.since, self.failures = None, 0
+def outage_pause(failures: int) -> float:
+    """Seconds before the next fetch while the engine is away: 0.1 doubling up to 2."""
+    return min(0.1 * 2 ** min(failures - 1, 5), 2.0)
 
 
 def _expected_refusal(e: Exception) -> bool:

@@ -19,10 +19,12 @@ import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
 import msgspec
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from edpo.camunda.engine import EngineError
 from edpo.logs import log_context
 from edpo.models import DeadLetter, Message
 from edpo.runtime.publish import Publish
@@ -43,6 +45,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
 )
+
+
+def server_away(e: BaseException) -> bool:
+    """The engine or the database cannot be reached or cannot serve: an outage, not a fault of what was asked."""
+    if isinstance(e, EngineError):
+        return e.status >= 500
+    return isinstance(e, TRANSIENT + (aiohttp.ClientConnectionError,))
 
 
 # A dead letter's payload is cut to this many bytes of JSON so that, with its envelope, the

@@ -221,9 +221,9 @@ async def test_an_engine_outage_is_logged_once_with_a_reminder_a_minute_and_its_
     ours = [r for r in caplog.records if r.name == "edpo.camunda.worker"]
     said = [r.getMessage() for r in ours]
     assert len(said) == 4, said  # away, reminded twice in 150 s, back
-    assert "does not answer" in said[0] and "ClientConnectionError" in said[0]
-    assert any("still does not answer" in line for line in said[1:-1])
-    assert "answers again" in said[-1] and "80 failed fetches" in said[-1]
+    assert "fetching tasks from the engine failed" in said[0] and "ClientConnectionError" in said[0]
+    assert all("still failing" in line for line in said[1:-1])
+    assert "passes again" in said[-1] and "80 failures" in said[-1]
     assert not any(r.exc_info for r in caplog.records), "no traceback for an outage"
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
     assert pauses[:3] == [0.1, 0.2, 0.4] and max(pauses) == 2.0
@@ -243,3 +243,18 @@ async def test_a_fetch_failing_for_another_reason_still_reaches_the_librarys_err
     worker = BatchWorker("w", EngineTaskClient("w", Engine(), config, 10), config)  # type: ignore[arg-type]
     with pytest.raises(EngineError):
         await worker.fetch_and_execute("reserve-stock", None)
+
+
+def test_an_unreachable_server_is_an_outage_a_bad_request_is_not() -> None:
+    import aiohttp
+    import asyncpg
+
+    from edpo.camunda.engine import EngineError
+    from edpo.runtime.consume import server_away
+
+    assert server_away(aiohttp.ClientConnectionError("refused"))
+    assert server_away(ConnectionRefusedError())
+    assert server_away(asyncpg.CannotConnectNowError("starting up"))
+    assert server_away(EngineError(503, "down")) and server_away(EngineError(500, {"type": "ProcessEngineException"}))
+    assert not server_away(EngineError(400, {"type": "InvalidRequestException"}))
+    assert not server_away(ValueError("a bug"))
