@@ -199,7 +199,9 @@ async def keep_locked(client: EngineTaskClient, task_id: str, lock_ms: int) -> N
         try:
             await client.extend_lock(task_id, lock_ms)
         except Exception as e:  # noqa: BLE001 - the next renewal tries again
-            logger.warning("could not extend the lock of %s: %s", task_id, e)
+            # The engine away (its poller says so once) or the task gone: nothing to warn about per task.
+            level = logging.DEBUG if _engine_away(e) or _expected_refusal(e) else logging.WARNING
+            logger.log(level, "could not extend the lock of %s: %s", task_id, e)
 
 
 class _QuietCamundaLogs(logging.Filter):
