@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from edpo.config import Settings
 from edpo.dev.process import StackError
-from edpo.dev.servers import Kafka, _require
+from edpo.dev.servers import Kafka, require_tool
 
 # The classes behind Kafka's scripts (Kafka 4.1: all in kafka-tools).
 TOOLS = {
@@ -53,7 +53,7 @@ def command(settings: Settings, verb: str, args: Sequence[str], extra: Sequence[
     classpath = kafka.ensure_classpath()
     log4j = settings.root / "infra" / "kafka" / "tools-log4j2.properties"
     return [
-        _require("java", "Kafka's tools run on the JVM"),
+        require_tool("java", "Kafka's tools run on the JVM"),
         "-Xmx256m",
         "-XX:TieredStopAtLevel=1",  # a short-lived tool: start fast rather than optimise
         f"-Dlog4j2.configurationFile={log4j}",
@@ -82,7 +82,7 @@ def run(settings: Settings, verb: str, args: Sequence[str], extra: Sequence[str]
     # The console consumer's records are passed on as they come; the other tools' output is short.
     stdout = None if verb == "consume" else subprocess.PIPE
     try:
-        done = subprocess.run(command(settings, verb, args, extra), stdin=subprocess.DEVNULL, stdout=stdout,
+        done = subprocess.run(command(settings, verb, args, extra), check=False, stdin=subprocess.DEVNULL, stdout=stdout,
                               stderr=subprocess.PIPE, text=True)
     except KeyboardInterrupt:  # the console consumer runs until interrupted
         return 130

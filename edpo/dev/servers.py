@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from edpo.config import Settings
-from edpo.dev.process import OUTPUT_MAX_BYTES, ManagedProcess, StackError, port_open, rotate, wait_until
+from edpo.dev.process import (
+    OUTPUT_MAX_BYTES,
+    ManagedProcess,
+    StackError,
+    port_open,
+    rotate,
+    wait_until,
+)
 
 logger = logging.getLogger(__name__)
 # The engine's database and its owner role in the project's PostgreSQL cluster.
 CAMUNDA_DATABASE = "camunda"
 
 
-def _require(tool: str, why: str) -> str:
+def require_tool(tool: str, why: str) -> str:
+    """The path of a command-line tool; a clear error when it is not installed."""
     path = shutil.which(tool)
     if path is None:
         raise StackError(f"{tool} is not installed ({why}); run `make setup` or install it")
@@ -49,8 +57,8 @@ def _stale(target: Path, *sources: Path) -> bool:
 
 
 def _mvn(settings: Settings, pom: Path, goals: list[str], log: Path) -> None:
-    mvn = _require("mvn", "Maven fetches the Kafka and Camunda jars")
-    _require("java", "Kafka and Camunda run on the JVM")
+    mvn = require_tool("mvn", "Maven fetches the Kafka and Camunda jars")
+    require_tool("java", "Kafka and Camunda run on the JVM")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         done = subprocess.run([mvn, "-B", "-q", "-f", str(pom), *goals], stdout=out, stderr=subprocess.STDOUT)
@@ -159,7 +167,7 @@ class Kafka(Server):
                 raise StackError(f"kafka storage format failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
     def _java(self) -> list[str]:
-        java = _require("java", "Kafka runs on the JVM")
+        java = require_tool("java", "Kafka runs on the JVM")
         log4j = self.s.root / "infra" / "kafka" / "log4j2.properties"
         return [
             java,
@@ -262,7 +270,7 @@ class Camunda(Server):
         return url, s.camunda_db_user or ("sa" if h2 else CAMUNDA_DATABASE)
 
     def launch(self) -> None:
-        java = _require("java", "Camunda runs on the JVM")
+        java = require_tool("java", "Camunda runs on the JVM")
         url, user = self.datasource()
         cleanup_start, cleanup_end = self.s.camunda_cleanup_window.split("-")
         env = dict(os.environ)

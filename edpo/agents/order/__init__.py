@@ -45,8 +45,8 @@ from edpo.models.api import (
 )
 from edpo.runtime.app import ServiceApp
 from edpo.runtime.consume import server_away
-from edpo.runtime.http import Answer, Call, Problem, Reply
 from edpo.runtime.failpoints import NONE, Failpoints
+from edpo.runtime.http import Answer, Call, Problem, Reply
 from edpo.runtime.retry import STARTUP
 from edpo.topics import delivery_events_topic, warehouse_events_topic
 
@@ -155,7 +155,7 @@ class OrderBackground(mode.Service):
                 outage.passed()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - engine or database away: next round
+            except Exception as e:  # engine or database away: next round
                 if server_away(e):
                     outage.failed(e)
                 else:
@@ -173,7 +173,7 @@ class OrderBackground(mode.Service):
                     after_send=lambda: self.app.failpoints.hit("after_publish"), count=self.app.count)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - Kafka or DB hiccup: rows stay and are retried
+            except Exception as e:  # Kafka or DB hiccup: rows stay and are retried
                 if server_away(e):
                     outage.failed(e)
                 else:

@@ -31,6 +31,7 @@ from edpo.agents.order.outbox import enqueue
 from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, EngineError
 from edpo.config import Settings
+from edpo.logs import OutageLog
 from edpo.models import (
     DeadLetter,
     DeliveryCompleted,
@@ -44,7 +45,6 @@ from edpo.models import (
     WarehouseEvent,
     encode,
 )
-from edpo.logs import OutageLog
 from edpo.runtime.consume import server_away
 from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.runtime.retry import CORRELATION
@@ -187,7 +187,7 @@ class ProcessBridge:
                 outage.passed()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - database or engine hiccup: try again shortly
+            except Exception as e:  # database or engine hiccup: try again shortly
                 if server_away(e):
                     outage.failed(e)
                 else:
