@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level of workers")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines of the workers: text, or json (one object per line: time, level, service, "
-        "logger, message, order_id and trace_id where known, exception)"
+        "instance, logger, message, order_id and trace_id where known, exception)"
     )
     log_max_mb: int = Field(
         10, ge=1, description="Megabytes a log file (engine, Kafka, each worker) grows to before it is rotated"
