@@ -258,3 +258,34 @@ def test_an_unreachable_server_is_an_outage_a_bad_request_is_not() -> None:
     assert server_away(EngineError(503, "down")) and server_away(EngineError(500, {"type": "ProcessEngineException"}))
     assert not server_away(EngineError(400, {"type": "InvalidRequestException"}))
     assert not server_away(ValueError("a bug"))
+
+
+async def test_what_an_external_task_handler_logs_names_the_order_and_trace_of_its_task() -> None:
+    from camunda.external_task.external_task import ExternalTask
+
+    from edpo.camunda.worker import BatchWorker, EngineTaskClient
+
+    class Engine:
+        base_url = "http://127.0.0.1:1/engine-rest"
+        requests: list[str] = []
+
+        async def request(self, method: str, path: str, **kw: object) -> list:
+            self.requests.append(path)
+            return []
+
+    seen: list[dict[str, str]] = []
+
+    async def handler(task: ExternalTask):  # noqa: ANN202
+        seen.append(current_context())
+        return task.complete({})
+
+    config = {"asyncResponseTimeout": 5000, "usePriority": True, "lockDuration": 10000, "deserializeValues": False}
+    engine = Engine()
+    worker = BatchWorker("w", EngineTaskClient("w", engine, config, 10), config)  # type: ignore[arg-type]
+    task = ExternalTask({"id": "task-1", "topicName": "pack-goods", "businessKey": "o-3", "workerId": "w",
+                         "variables": {"trace_id": {"value": "t-3", "type": "String"}}})
+    await worker._run(task, handler)
+
+    assert seen == [{"order_id": "o-3", "trace_id": "t-3"}]
+    assert engine.requests == ["/external-task/task-1/complete"]
+    assert current_context() == {}
