@@ -1,5 +1,5 @@
 """The `edpo` command: run the stack, run a service worker, talk to the order and stock APIs,
-list and replay dead letters."""
+list and replay dead letters, run Kafka's own tools."""
 
 from __future__ import annotations
 
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one service worker in the foreground")
     w.add_argument("service", choices=["order", "warehouse", "factory", "delivery", "monitor"])
     w.add_argument("--instance", type=int, default=1, help="instance number (web port + 100 per instance)")
+    w.add_argument("--log-file", type=Path, metavar="FILE",
+                   help="log to FILE, rotated at EDPO_LOG_MAX_MB (default: standard error); `edpo up` passes "
+                   "RUN_DIR/logs/worker-SERVICE-N.log")
 
     o = sub.add_parser("order", help="place, show or cancel orders")
     osub = o.add_subparsers(dest="order_cmd", required=True)
@@ -223,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     bplot.add_argument("--title", help="the picture's title (default: the machine's cores and RAM)")
     sub.add_parser("config", help="print the configuration table (markdown)")
 
+    k = sub.add_parser("kafka", help="Kafka's own tools against the stack's broker (arguments after -- go to the tool)")
+    ksub = k.add_subparsers(dest="kafka_cmd", required=True)
+    kgroups = ksub.add_parser("groups", help="consumer groups with offsets and lag per partition "
+                              "(kafka-consumer-groups --describe)")
+    kgroups.add_argument("group", nargs="?", help="one group, e.g. edpo-warehouse (default: all)")
+    ktopics = ksub.add_parser("topics", help="list the topics, or describe one (kafka-topics)")
+    ktopics.add_argument("topic", nargs="?", help="describe this topic: partitions, leaders, configs")
+    kconsume = ksub.add_parser("consume", help="print a topic's records with key and time (kafka-console-consumer)")
+    kconsume.add_argument("topic")
+    kconsume.add_argument("--from-beginning", action="store_true", help="from the oldest record, not only new ones")
+    kconsume.add_argument("--max", type=int, metavar="N", help="stop after N records (default: run until Ctrl-C)")
+
     d = sub.add_parser("dlq", help="dead letters: list them, send them back to their topic")
     dsub = d.add_subparsers(dest="dlq_cmd", required=True)
     dlist = dsub.add_parser("list", help="one line per dead letter on the dead-letter topic")
@@ -237,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if argv[:1] == ["kafka"] and "--" in argv:  # the rest goes to Kafka's tool as it is
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -263,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise StackError("the monitor runs as one worker (its dashboard needs every partition): "
                                      "leave out --instance")
 
-                return run(args.service, settings.for_instance(args.instance))
+                return run(args.service, settings.for_instance(args.instance), args.log_file)
             case "order":
                 verbs = {"place": order_place, "show": order_show, "cancel": order_cancel}
                 return verbs[args.order_cmd](settings, args)
@@ -284,6 +304,14 @@ def main(argv: list[str] | None = None) -> int:
                     json=args.json, out=args.out))
             case "config":
                 _say(settings_table_markdown())
+            case "kafka":
+                from edpo.dev import kafka
+
+                tool_args = kafka.tool_arguments(args.kafka_cmd, group=getattr(args, "group", None),
+                                                 topic=getattr(args, "topic", None),
+                                                 from_beginning=getattr(args, "from_beginning", False),
+                                                 max_messages=getattr(args, "max", None))
+                return kafka.run(settings, args.kafka_cmd, tool_args, extra)
             case "dlq":
                 from edpo.dev import dlq
 

@@ -5,6 +5,7 @@ events. Each exposes `create_app(settings)`, its composition root."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from edpo.agents import delivery, factory, monitor, order, warehouse
 from edpo.config import Settings
@@ -19,6 +20,6 @@ APPS: dict[str, Callable[[Settings], ServiceApp]] = {
 }
 
 
-def run(service: str, settings: Settings) -> int:
-    """Run one service's worker in the foreground until it is stopped."""
-    return run_worker(APPS[service](settings))
+def run(service: str, settings: Settings, log_file: Path | None = None) -> int:
+    """Run one service's worker in the foreground until it is stopped (logging to log_file, else to stderr)."""
+    return run_worker(APPS[service](settings), log_file)

@@ -14,6 +14,9 @@ Every adaptation of the client library lives here, each for a measured reason:
 - `BatchWorker`: the library's worker runs the one task a fetch returns; this one runs every
   task of a batch, each under its own permit of the worker's concurrency limit.
 - `_QuietCamundaLogs`: the library logs every poll at INFO on the root logger.
+- `OutageLog` (edpo/logs.py): while the engine is away (restarting, say) the library logs an error with its
+  traceback for every topic every 0.1 s (10 MB a minute per worker); a worker now says once that
+  the engine is away, once a minute that it still is, and once that it is back, and polls slower.
 
 Handlers stay plain: a service passes `{topic: handler}`, each handler takes the library's
 `ExternalTask` and returns its `TaskResult`. A handler that raises becomes a failure with
@@ -30,6 +33,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import mode
 
 from camunda.client.async_external_task_client import AsyncExternalTaskClient
@@ -37,7 +41,8 @@ from camunda.external_task.async_external_task_executor import AsyncExternalTask
 from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
 from camunda.external_task.external_task import ExternalTask, TaskResult
 from camunda.variables.variables import Variables
-from edpo.camunda.engine import Engine
+from edpo.camunda.engine import Engine, EngineError
+from edpo.logs import OutageLog, log_context
 from edpo.models import Line
 
 logger = logging.getLogger(__name__)
@@ -131,14 +136,27 @@ class EngineTaskClient(AsyncExternalTaskClient):
 class BatchWorker(AsyncExternalTaskWorker):
     """The library's worker, running every task of a batch fetch through the library's executor."""
 
-    def __init__(self, worker_id: str, client: EngineTaskClient, config: dict[str, Any]) -> None:
+    def __init__(self, worker_id: str, client: EngineTaskClient, config: dict[str, Any],
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 ) -> None:
         super().__init__(worker_id, client.engine.base_url, config)
         self.client = client
         self.executor = AsyncExternalTaskExecutor(worker_id, client)
+        self.outage = OutageLog(logger, f"{worker_id}: fetching tasks from the engine", clock)
+        self._sleep = sleep
 
     async def fetch_and_execute(self, topic_name: str, action: Any, process_variables: Any = None,
                                 variables: Any = None) -> bool:
-        contexts = await self.client.fetch_and_lock([topic_name], process_variables, variables)
+        try:
+            contexts = await self.client.fetch_and_lock([topic_name], process_variables, variables)
+        except Exception as e:
+            if not _engine_away(e):
+                raise  # the library logs it with its traceback and polls again
+            # The library would log a traceback per topic every 0.1 s while the engine is away
+            # (10 MB a minute); one line when it goes, one when it is back, and slower polls meanwhile.
+            await self._sleep(outage_pause(self.outage.failed(e)))
+            return False
+        self.outage.passed()
         for n, context in enumerate(contexts):
             if n:  # the polling loop took one permit for the fetch; each further task takes its own
                 await self.semaphore.acquire()
@@ -149,13 +167,41 @@ class BatchWorker(AsyncExternalTaskWorker):
         return bool(contexts)
 
     async def _run(self, task: ExternalTask, action: Any) -> None:
-        try:
-            await self.executor.execute_task(task, action)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the engine did not take the result: the lock expires, the task returns
-            logger.warning("could not report %s of %s to the engine: %s", task.get_topic_name(),
+        # Whatever is logged while the task runs and is reported names its order and trace.
+        with log_context(order_id=task.get_business_key(), trace_id=task_trace(task)):
+            try:
+                await self.executor.execute_task(task, action)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the engine did not take the result: the lock expires, the task returns
+                # A completion racing a lock renewal or another worker (the engine answers 500, the task
+                # comes back and runs again), or the task gone because a cancellation interrupted it:
+                # expected, not a warning.
+                level = logging.INFO if _expected_refusal(e) else logging.WARNING
+                logger.log(level, "could not report %s of %s to the engine: %s", task.get_topic_name(),
                            task.get_business_key(), e)
+
+
+def _engine_away(e: BaseException) -> bool:
+    """The engine cannot be reached or cannot serve (restarting, its database away): not the request's fault."""
+    if isinstance(e, EngineError):
+        return e.status >= 500
+    return isinstance(e, (aiohttp.ClientConnectionError, TimeoutError, OSError))
+
+
+def outage_pause(failures: int) -> float:
+    """Seconds before the next fetch while the engine is away: 0.1 doubling up to 2."""
+    return min(0.1 * 2 ** min(failures - 1, 5), 2.0)
+
+
+def _expected_refusal(e: Exception) -> bool:
+    """The engine refused a result because another transaction changed the task first (ENGINE-03005),
+    or because the task or its execution no longer exists."""
+    if not isinstance(e, EngineError):
+        return False
+    text = str(e.body)
+    return ("OptimisticLockingException" in text or (e.status == 404 and "does not exist" in text)
+            or "Cannot find execution with id" in text)
 
 
 async def keep_locked(client: EngineTaskClient, task_id: str, lock_ms: int) -> None:
@@ -165,7 +211,9 @@ async def keep_locked(client: EngineTaskClient, task_id: str, lock_ms: int) -> N
         try:
             await client.extend_lock(task_id, lock_ms)
         except Exception as e:  # noqa: BLE001 - the next renewal tries again
-            logger.warning("could not extend the lock of %s: %s", task_id, e)
+            # The engine away (its poller says so once) or the task gone: nothing to warn about per task.
+            level = logging.DEBUG if _engine_away(e) or _expected_refusal(e) else logging.WARNING
+            logger.log(level, "could not extend the lock of %s: %s", task_id, e)
 
 
 class _QuietCamundaLogs(logging.Filter):

@@ -210,6 +210,14 @@ class Settings(BaseSettings):
         0.2, gt=0, description="Seconds between scans for due timers (production, courier, outbox, inbox)"
     )
     log_level: str = Field("info", description="Log level of workers")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines of the workers: text, or json (one object per line: time, level, service, "
+        "instance, logger, message, order_id and trace_id where known, exception)"
+    )
+    log_max_mb: int = Field(
+        10, ge=1, description="Megabytes a log file (engine, Kafka, each worker) grows to before it is rotated"
+    )
+    log_backups: int = Field(3, ge=1, le=20, description="Rotated files kept per log (NAME.log.1 is the newest)")
     kafka_linger_ms: float = Field(
         2, ge=0, description="Milliseconds a worker's producer waits to put more records into one request to Kafka"
     )

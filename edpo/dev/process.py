@@ -40,13 +40,38 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def rotate(path: Path, backups: int) -> None:
+    """Shift path to path.1, path.1 to path.2, ... keeping `backups` old files (the oldest is dropped)."""
+    if not path.exists():
+        return
+    for n in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
+# The standard output of a process that writes its own rotating log holds only what bypasses
+# logging (a crash's traceback, the JVM's own messages): kept apart, rotated on start past this size.
+OUTPUT_MAX_BYTES = 1024 * 1024
+
+
 @dataclass
 class ManagedProcess:
-    """A detached process identified by a pid file under the run directory."""
+    """A detached process identified by a pid file under the run directory.
+
+    log_file is its log; output_file, when given, takes its standard output and error instead
+    of log_file (for a process that writes and rotates log_file itself)."""
 
     name: str
     pid_file: Path
     log_file: Path
+    output_file: Path | None = None
+
+    @property
+    def logs(self) -> str:
+        """Where to look when the process failed."""
+        return f"{self.log_file} and {self.output_file}" if self.output_file else str(self.log_file)
 
     def pid(self) -> int | None:
         try:
@@ -60,10 +85,13 @@ class ManagedProcess:
         return self.pid() is not None
 
     def spawn(self, argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> int:
-        """Start argv in its own session, output appended to the log file."""
+        """Start argv in its own session, its output appended to the output file (else the log file)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
+        output = self.output_file or self.log_file
+        if self.output_file and output.exists() and output.stat().st_size > OUTPUT_MAX_BYTES:
+            rotate(output, 1)
+        with open(output, "ab") as log:
             proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
@@ -119,7 +147,7 @@ def wait_until(
         if check():
             return
         if proc is not None and not proc.running():
-            raise StackError(f"{what} died while starting; see {proc.log_file}")
+            raise StackError(f"{what} died while starting; see {proc.logs}")
         time.sleep(interval)
-    log = f"; see {proc.log_file}" if proc else ""
+    log = f"; see {proc.logs}" if proc else ""
     raise StackError(f"{what} did not become healthy within {timeout:.0f}s{log}")

@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from edpo.config import Settings
-from edpo.dev.process import ManagedProcess, StackError, port_open, wait_until
+from edpo.dev.process import (
+    OUTPUT_MAX_BYTES,
+    ManagedProcess,
+    StackError,
+    port_open,
+    rotate,
+    wait_until,
+)
 
 logger = logging.getLogger(__name__)
 # The engine's database and its owner role in the project's PostgreSQL cluster.
 CAMUNDA_DATABASE = "camunda"
 
 
-def _require(tool: str, why: str) -> str:
+def require_tool(tool: str, why: str) -> str:
+    """The path of a command-line tool; a clear error when it is not installed."""
     path = shutil.which(tool)
     if path is None:
         raise StackError(f"{tool} is not installed ({why}); run `make setup` or install it")
@@ -49,8 +57,8 @@ def _stale(target: Path, *sources: Path) -> bool:
 
 
 def _mvn(settings: Settings, pom: Path, goals: list[str], log: Path) -> None:
-    mvn = _require("mvn", "Maven fetches the Kafka and Camunda jars")
-    _require("java", "Kafka and Camunda run on the JVM")
+    mvn = require_tool("mvn", "Maven fetches the Kafka and Camunda jars")
+    require_tool("java", "Kafka and Camunda run on the JVM")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         done = subprocess.run([mvn, "-B", "-q", "-f", str(pom), *goals], stdout=out, stderr=subprocess.STDOUT)
@@ -67,7 +75,10 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.dir = settings.run_dir / self.name
-        self.proc = ManagedProcess(self.name, self.dir / f"{self.name}.pid", settings.log_dir / f"{self.name}.log")
+        # The server writes and rotates NAME.log itself; its standard output (what bypasses its logging,
+        # such as the JVM's own messages on a crash) goes to NAME.out.
+        self.proc = ManagedProcess(self.name, self.dir / f"{self.name}.pid", settings.log_dir / f"{self.name}.log",
+                                   settings.log_dir / f"{self.name}.out")
 
     @property
     def port(self) -> int:
@@ -129,7 +140,8 @@ class Kafka(Server):
     def classpath_file(self) -> Path:
         return self.dir / "classpath.txt"
 
-    def prepare(self) -> None:
+    def ensure_classpath(self) -> str:
+        """The jars of the broker and of Kafka's tools, resolved by Maven when the pom changed."""
         if _stale(self.classpath_file, self.pom):
             self.dir.mkdir(parents=True, exist_ok=True)
             _mvn(
@@ -138,6 +150,10 @@ class Kafka(Server):
                 ["dependency:build-classpath", f"-Dmdep.outputFile={self.classpath_file}"],
                 self.s.log_dir / "mvn-kafka.log",
             )
+        return self.classpath_file.read_text().strip()
+
+    def prepare(self) -> None:
+        self.ensure_classpath()
         props = self.dir / "server.properties"
         props.write_text(self._properties())
         if not (self.dir / "data" / "meta.properties").exists():
@@ -151,7 +167,7 @@ class Kafka(Server):
                 raise StackError(f"kafka storage format failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
     def _java(self) -> list[str]:
-        java = _require("java", "Kafka runs on the JVM")
+        java = require_tool("java", "Kafka runs on the JVM")
         log4j = self.s.root / "infra" / "kafka" / "log4j2.properties"
         return [
             java,
@@ -159,6 +175,9 @@ class Kafka(Server):
             "-Xms128m",
             "-XX:+UseG1GC",
             f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dedpo.log.file={self.proc.log_file}",
+            f"-Dedpo.log.max={self.s.log_max_mb}MB",
+            f"-Dedpo.log.backups={self.s.log_backups}",
             "-cp",
             self.classpath_file.read_text().strip(),
         ]
@@ -251,7 +270,7 @@ class Camunda(Server):
         return url, s.camunda_db_user or ("sa" if h2 else CAMUNDA_DATABASE)
 
     def launch(self) -> None:
-        java = _require("java", "Camunda runs on the JVM")
+        java = require_tool("java", "Camunda runs on the JVM")
         url, user = self.datasource()
         cleanup_start, cleanup_end = self.s.camunda_cleanup_window.split("-")
         env = dict(os.environ)
@@ -270,6 +289,12 @@ class Camunda(Server):
             EDPO_CAMUNDA_SERVICE_PASSWORD=self.s.camunda_password,
             EDPO_CAMUNDA_ADMIN_USER=self.s.camunda_admin_user,
             EDPO_CAMUNDA_ADMIN_PASSWORD=self.s.camunda_admin_password,
+            # The engine's rotating log (logback-spring.xml); nothing to the console, whose output
+            # goes to camunda.out.
+            EDPO_CAMUNDA_LOG_FILE=str(self.proc.log_file),
+            EDPO_CAMUNDA_CONSOLE_LEVEL="OFF",
+            EDPO_LOG_MAX_MB=str(self.s.log_max_mb),
+            EDPO_LOG_BACKUPS=str(self.s.log_backups),
         )
         # The engine runs from its own copy: a rebuild (`make setup` after a change under
         # infra/camunda) rewrites the built jar, and a JVM reading classes lazily from a jar that
@@ -375,8 +400,20 @@ class Postgres(Server):
             if done.returncode != 0:
                 raise StackError(f"initdb failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
+    @property
+    def log_directory(self) -> Path:
+        """Where the server's logging collector writes: postgres-HH.log, one file per hour of the day."""
+        return self.dir / "log"
+
     def launch(self) -> None:
-        opts = f"-p {self.s.pg_port} -k {self.dir} -c listen_addresses={self.s.host} -c max_connections=200"
+        # The logging collector writes postgres-00.log ... postgres-23.log and empties each when it
+        # starts it again a day later: at most 24 files. The -l file only gets what the server says
+        # before the collector runs; it is rotated on start when large.
+        opts = (f"-p {self.s.pg_port} -k {self.dir} -c listen_addresses={self.s.host} -c max_connections=200"
+                f" -c logging_collector=on -c log_directory={self.log_directory} -c log_filename=postgres-%H.log"
+                " -c log_rotation_age=60 -c log_rotation_size=0 -c log_truncate_on_rotation=on")
+        if self.proc.log_file.exists() and self.proc.log_file.stat().st_size > OUTPUT_MAX_BYTES:
+            rotate(self.proc.log_file, 1)
         done = self._run(
             [self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.proc.log_file), "-o", opts, "-w", "-t", "60", "start"]
         )

@@ -25,7 +25,14 @@ __all__ = ["MONITOR", "SERVICES", "Health", "not_ready_report", "running_workers
 
 def worker_process(settings: Settings, service: str, instance: int = 1) -> ManagedProcess:
     name = f"{service}-{instance}"
-    return ManagedProcess(name, settings.run_dir / "workers" / f"{name}.pid", settings.log_dir / f"worker-{name}.log")
+    return _managed(settings, name)
+
+
+def _managed(settings: Settings, name: str) -> ManagedProcess:
+    """A worker writes its own rotating log; its standard output and error (a crash's traceback)
+    go to worker-NAME.out beside it."""
+    return ManagedProcess(name, settings.run_dir / "workers" / f"{name}.pid", settings.log_dir / f"worker-{name}.log",
+                          settings.log_dir / f"worker-{name}.out")
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ def spawn_worker(settings: Settings, service: str, instance: int = 1, env: Mappi
         return "already running"
     if port_open(settings.host, port):
         raise StackError(f"worker {service}: port {settings.host}:{port} is taken by another process")
-    proc.spawn([sys.executable, "-m", "edpo.cli", "worker", service, "--instance", str(instance)],
+    proc.spawn([sys.executable, "-m", "edpo.cli", "worker", service, "--instance", str(instance),
+                "--log-file", str(proc.log_file)],
                env={**os.environ, **env} if env else None)
     return "started"
 
@@ -103,7 +111,7 @@ def wait_ready(
             name = f"{service}-{instance}"
             proc = worker_process(settings, service, instance)
             if not proc.running():
-                raise StackError(f"worker {name} exited while starting; see {proc.log_file}")
+                raise StackError(f"worker {name} exited while starting; see {proc.logs}")
             looks[name] = worker_health(settings, service, instance)
             if looks[name].ready and name not in seen_ready:
                 seen_ready.add(name)
@@ -112,7 +120,7 @@ def wait_ready(
         if all(h.ready for h in looks.values()):
             return
         if time.monotonic() - t0 > timeout:
-            raise StackError(not_ready_report(looks, timeout) + f"\n  logs: {settings.log_dir}/worker-*.log")
+            raise StackError(not_ready_report(looks, timeout) + f"\n  logs: {settings.log_dir}/worker-*.log (and .out)")
         time.sleep(interval)
 
 
@@ -122,6 +130,5 @@ def running_workers(settings: Settings) -> list[ManagedProcess]:
         return []
     procs = []
     for pid_file in sorted(folder.glob("*.pid")):
-        name = pid_file.stem
-        procs.append(ManagedProcess(name, pid_file, settings.log_dir / f"worker-{name}.log"))
+        procs.append(_managed(settings, pid_file.stem))
     return procs

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -21,6 +22,7 @@ from aiohttp import web
 from edpo.camunda.engine import Engine
 from edpo.camunda.worker import TaskHandler, TaskWorker
 from edpo.config import Settings
+from edpo.logs import logging_config
 from edpo.models.api import Health
 from edpo.runtime.consume import TRANSIENT, Handler, consume
 from edpo.runtime.failpoints import Failpoints
@@ -247,8 +249,9 @@ def readiness_gaps(*, recovered: bool, rebalancing: bool, checks: Mapping[str, b
     return gaps
 
 
-def run_worker(app: ServiceApp) -> int:
-    """Run the app's Faust worker in the foreground until it is stopped."""
+def run_worker(app: ServiceApp, log_file: Path | None = None) -> int:
+    """Run the app's Faust worker in the foreground until it is stopped; it logs to log_file
+    (rotated at EDPO_LOG_MAX_MB) or, without one, to standard error, in EDPO_LOG_FORMAT."""
     if app.settings.event_loop == "uvloop":
         # Every loop of the worker (Faust's consumer thread makes its own) is a uvloop loop.
         import uvloop
@@ -261,6 +264,11 @@ def run_worker(app: ServiceApp) -> int:
     changelogs = tuple(table.changelog_topic_name for table in app.tables.values())
     asyncio.run(STARTUP.retry("changelog topics", lambda: ensure_topics(
         app.settings.kafka_bootstrap, app.settings.partitions, compacted=changelogs)))
-    level = app.settings.log_level.replace("warning", "warn")
-    faust.Worker(app, loglevel=level).execute_from_commandline()
+    s = app.settings
+    level = s.log_level.replace("warning", "warn")
+    # Faust's worker sets up logging itself, from this configuration: every record (Faust's,
+    # aiokafka's, the Camunda client's, EDPO's) gets the service and the ids of what is handled.
+    config = logging_config(service=app.service_name, instance=s.instance, level=s.log_level, log_format=s.log_format,
+                            log_file=log_file, max_bytes=s.log_max_mb * 1024 * 1024, backups=s.log_backups)
+    faust.Worker(app, loglevel=level, logging_config=config).execute_from_commandline()
     return 0

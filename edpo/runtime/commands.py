@@ -20,6 +20,7 @@ import mode
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import ConsumerStoppedError
 
 from edpo.models import Message
 from edpo.runtime.publish import Publish
@@ -120,6 +121,8 @@ class CommandClient(mode.Service):
                 batch = await consumer.getmany(timeout_ms=1000)
             except asyncio.CancelledError:
                 raise
+            except ConsumerStoppedError:
+                return  # the worker is stopping: nothing went wrong
             except Exception:  # noqa: BLE001 - keep listening; the sender resends anyway
                 logger.exception("reading replies failed")
                 await asyncio.sleep(1)

@@ -20,10 +20,13 @@ import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import asyncpg
 import msgspec
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from edpo.camunda.engine import EngineError
+from edpo.logs import log_context
 from edpo.models import DeadLetter, Message
 from edpo.runtime.metrics import NO_AGENT_METRICS, AgentMetrics
 from edpo.runtime.publish import Publish
@@ -44,6 +47,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
 )
+
+
+def server_away(e: BaseException) -> bool:
+    """The engine or the database cannot be reached or cannot serve: an outage, not a fault of what was asked."""
+    if isinstance(e, EngineError):
+        return e.status >= 500
+    return isinstance(e, TRANSIENT + (aiohttp.ClientConnectionError,))
 
 
 # A dead letter's payload is cut to this many bytes of JSON so that, with its envelope, the
@@ -115,7 +125,9 @@ async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: 
         return
     metrics.consumed(topic, kind)
     started = time.perf_counter()
-    await _handle(event, msg, handle, name, publish, sleep, metrics)  # raises only when cancelled: not timed
+    # Whatever is logged while the message is handled names its order and trace.
+    with log_context(order_id=getattr(msg, "order_id", None), trace_id=msg.trace_id):
+        await _handle(event, msg, handle, name, publish, sleep, metrics)  # raises only when cancelled: not timed
     metrics.handled(time.perf_counter() - started)
 
 

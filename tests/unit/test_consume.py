@@ -219,3 +219,22 @@ async def test_dead_letter_publish_during_a_kafka_outage_is_retried_with_backoff
     assert [letter.offset for letter in recorder.letters] == [5], "kept once Kafka is back"
     assert recorder.pauses == [OUTAGE.delay(n) for n in (1, 2, 3)]
     assert len(recorder.handled) == 1
+
+
+async def test_what_a_handler_logs_names_the_order_and_trace_of_its_message() -> None:
+    from edpo.logs import current_context
+
+    seen: list[dict[str, str]] = []
+
+    async def handle(msg: Message) -> None:
+        seen.append(current_context())
+
+    traced = ReserveStock(order_id="o-7", lines=[Line(sku="A", quantity=1)], trace_id="t-7")
+
+    async def publish(msg: Message, **kw: Any) -> None:
+        return None
+
+    await consume(FakeStream([FakeEvent(encode(traced))]).events(), handle, name="test", publish=publish)
+
+    assert seen == [{"order_id": "o-7", "trace_id": "t-7"}]
+    assert current_context() == {}, "the ids are gone once the message is handled"

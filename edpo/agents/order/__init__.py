@@ -30,6 +30,7 @@ from edpo.config import Settings
 from edpo.config.catalog import Catalog, load_catalog
 from edpo.domain.lifecycle import STATUSES, status_for
 from edpo.domain.order import InvalidOrder, NewOrder, new_order
+from edpo.logs import OutageLog, log_context
 from edpo.models import Message
 from edpo.models.api import (
     CancelConflict,
@@ -43,8 +44,9 @@ from edpo.models.api import (
     PlaceOrder,
 )
 from edpo.runtime.app import ServiceApp
-from edpo.runtime.http import Answer, Call, Problem, Reply
+from edpo.runtime.consume import server_away
 from edpo.runtime.failpoints import NONE, Failpoints
+from edpo.runtime.http import Answer, Call, Problem, Reply
 from edpo.runtime.metrics import Metrics, Sample
 from edpo.runtime.retry import STARTUP
 from edpo.topics import delivery_events_topic, warehouse_events_topic
@@ -146,18 +148,24 @@ class OrderBackground(mode.Service):
 
     async def _reconcile(self, reconciler: Reconciler) -> None:
         """Repair what crashes left between orders and process instances, every interval."""
+        outage = OutageLog(logger, "reconciliation round")
         while True:
             await asyncio.sleep(self.settings.reconcile_interval)
             try:
                 await reconciler.run_once()
+                outage.passed()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - engine or database away: next round
-                logger.exception("reconciliation round failed")
+            except Exception as e:  # engine or database away: next round
+                if server_away(e):
+                    outage.failed(e)
+                else:
+                    logger.exception("reconciliation round failed")
 
     async def _relay(self) -> None:
         """Publish outbox rows (events once; commands until acknowledged, with backoff)."""
         wake = self.orders.relay_wake
+        outage = OutageLog(logger, "outbox relay round")
         while True:
             wake.clear()  # before looking, so a row written meanwhile is not missed
             try:
@@ -166,9 +174,14 @@ class OrderBackground(mode.Service):
                     after_send=lambda: self.app.failpoints.hit("after_publish"), count=self.app.count)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Kafka or DB hiccup: rows stay and are retried
-                logger.exception("outbox relay round failed")
+            except Exception as e:  # Kafka or DB hiccup: rows stay and are retried
+                if server_away(e):
+                    outage.failed(e)
+                else:
+                    logger.exception("outbox relay round failed")
                 sent = 0
+            else:
+                outage.passed()
             if not sent:
                 try:
                     await asyncio.wait_for(wake.wait(), self.settings.tick)
@@ -240,6 +253,8 @@ def create_app(settings: Settings) -> ServiceApp:
         except InvalidOrder as e:
             raise Problem(422, e.errors[0]["field"], e.errors[0]["message"], extra={"errors": e.errors}) from None
         order, created = await orders.place(new, call.idempotency_key())
+        with log_context(order_id=order["order_id"], trace_id=order.get("trace_id")):
+            logger.info("order placed" if created else "order placed before (same Idempotency-Key)")
         headers = {"Location": f"/orders/{order['order_id']}"}
         if not created:
             headers["Idempotent-Replayed"] = "true"

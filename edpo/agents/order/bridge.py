@@ -31,6 +31,7 @@ from edpo.agents.order.outbox import enqueue
 from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, EngineError
 from edpo.config import Settings
+from edpo.logs import OutageLog
 from edpo.models import (
     DeadLetter,
     DeliveryCompleted,
@@ -44,6 +45,7 @@ from edpo.models import (
     WarehouseEvent,
     encode,
 )
+from edpo.runtime.consume import server_away
 from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.runtime.retry import CORRELATION
 from edpo.topics import route
@@ -177,14 +179,19 @@ class ProcessBridge:
 
     async def run(self) -> None:
         """Correlate forever; woken by new inbox rows, otherwise every tick."""
+        outage = OutageLog(logger, "process bridge round")
         while True:
             self.wake.clear()  # before looking, so a row recorded meanwhile is not missed
             try:
                 busy = await self.work_once()
+                outage.passed()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - database or engine hiccup: try again shortly
-                logger.exception("process bridge round failed")
+            except Exception as e:  # database or engine hiccup: try again shortly
+                if server_away(e):
+                    outage.failed(e)
+                else:
+                    logger.exception("process bridge round failed")
                 busy = False
             if not busy:
                 try:
