@@ -84,17 +84,28 @@ class Api:
                 return reply
         raise AssertionError(f"no delivery worker knows {order_id}")
 
-    async def produced(self, sku: str) -> int:
-        """Units of sku the factory produced, over every factory worker (each lists the production
-        lines of its own partitions, and the stack may run `--instances N`)."""
-        total = 0
+    async def production(self, sku: str) -> list[dict]:
+        """sku's production lines over every factory worker (each lists the lines of its own
+        partitions, and the stack may run `--instances N`)."""
+        lines = []
         for n in range(1, 5):
             try:
                 _, reply = await self.call("GET", f"http://{self.s.host}:{self.s.web_port('factory', n)}/production")
             except aiohttp.ClientConnectionError:
                 break
-            total += sum(line["produced_total"] for line in reply["lines"] if line["sku"] == sku)
-        return total
+            lines += [line for line in reply["lines"] if line["sku"] == sku]
+        return lines
+
+    async def produced(self, sku: str) -> int:
+        """Units of sku the factory produced so far."""
+        return sum(line["produced_total"] for line in await self.production(sku))
+
+    async def factory_idle(self, sku: str, timeout: float = 120) -> None:
+        """Wait until the factory makes no more of sku: a batch an earlier test started (the factory
+        finishes what it started for a cancelled order) would land in the middle of a count."""
+        await eventually(lambda: self.production(sku), lambda lines: all(
+            line["pending"] == 0 and line["current_qty"] == 0 for line in lines), timeout,
+            f"the factory to finish its {sku} batches")
 
     async def wait_final(self, order_id: str, timeout: float = 120) -> dict:
         await eventually(lambda: self.order(order_id, process=False), lambda o: o["status"] in FINAL, timeout,

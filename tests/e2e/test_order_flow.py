@@ -20,6 +20,7 @@ def _statuses(order: dict) -> list[str]:
 
 
 async def _ensure_available(api: Api, sku: str, quantity: int) -> dict:
+    await api.factory_idle(sku)
     stock = await api.stock(sku)
     if stock["available"] < quantity:
         await api.receive(sku, quantity - stock["available"])
