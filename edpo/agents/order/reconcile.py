@@ -72,8 +72,12 @@ class Reconciler:
         for kind, n in found.items():
             if n and kind != "pruned_rows":
                 self.count(f"reconcile_{kind}", n)
-        if any(n for kind, n in found.items() if kind != "pruned_rows"):
+        # Asking a source again is routine (an order waiting for a silent courier is asked every
+        # round until a dispatcher decides): a repair is worth a warning, a question is not.
+        if any(n for kind, n in found.items() if kind not in ("pruned_rows", "asked_again")):
             logger.warning("reconciliation: %s", dict(found))
+        elif found["asked_again"]:
+            logger.info("reconciliation: %s", dict(found))
         return found
 
     async def _close_extra_instances(self, running: dict[str, list[str]], found: Counter[str]) -> None:
