@@ -11,13 +11,15 @@ from .conftest import Api, eventually
 
 
 async def test_a_worker_started_with_json_logs_writes_json_lines_naming_the_order_it_handles(api: Api) -> None:
-    proc = worker_process(api.s, "order", 2)
+    # An order worker of its own, beside those running (the stack may run `--instances N`).
+    n = next(n for n in range(2, 10) if not worker_process(api.s, "order", n).running())
+    proc = worker_process(api.s, "order", n)
     log = proc.log_file
     start = log.stat().st_size if log.exists() else 0  # earlier runs of this worker may have logged as text
-    await asyncio.to_thread(start_worker, api.s, "order", 2, {"EDPO_LOG_FORMAT": "json"})
+    await asyncio.to_thread(start_worker, api.s, "order", n, {"EDPO_LOG_FORMAT": "json"})
     try:
-        # Placed through the second worker's own API: it logs the order it stored.
-        second = f"http://{api.s.host}:{api.s.web_port('order', 2)}"
+        # Placed through this worker's own API: it logs the order it stored.
+        second = f"http://{api.s.host}:{api.s.web_port('order', n)}"
         status, order = await api.call("POST", f"{second}/orders", json={
             "customer_id": "e2e-logs", "delivery_address": "Main Street 1, Bern",
             "items": [{"sku": "CABLE", "quantity": 1}]})
@@ -40,7 +42,7 @@ async def test_a_worker_started_with_json_logs_writes_json_lines_naming_the_orde
     parsed = [json.loads(line) for line in lines()]  # every line is one JSON object
     assert len(parsed) > 5
     for entry in parsed:
-        assert entry["service"] == "order" and entry["instance"] == "2", entry
+        assert entry["service"] == "order" and entry["instance"] == str(n), entry
         assert entry["time"].endswith("Z") and entry["level"] and entry["logger"] and "message" in entry, entry
     about_order = [e for e in parsed if e.get("order_id") == order["order_id"]]
     assert about_order, "no line names the order"
