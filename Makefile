@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EDPO := $(BIN)/edpo
 STAMP := .run/stamps
 
-.PHONY: setup up down status demo compose-check test test-unit test-integration test-e2e test-faults fuzz bench docs clean
+.PHONY: setup up down status demo compose-check test test-unit test-integration test-e2e test-scale test-faults fuzz bench docs clean
 
 $(STAMP):
 	@mkdir -p $(STAMP)
@@ -53,15 +53,15 @@ demo: up
 	@$(EDPO) demo
 
 # Short simulated durations for the suite (they also apply to the stack `up` starts here).
-test test-e2e: export EDPO_FACTORY_LEAD_TIME ?= 1
-test test-e2e: export EDPO_COURIER_TIME ?= 0.5
-test test-e2e: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
+test test-e2e test-scale: export EDPO_FACTORY_LEAD_TIME ?= 1
+test test-e2e test-scale: export EDPO_COURIER_TIME ?= 0.5
+test test-e2e test-scale: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
 # Deadlines of seconds: the escalation tests raise dispatcher tasks without waiting minutes.
-test test-e2e: export EDPO_DELIVERY_TIMEOUT ?= PT5S
-test test-e2e: export EDPO_STOCK_TIMEOUT ?= PT5S
+test test-e2e test-scale: export EDPO_DELIVERY_TIMEOUT ?= PT5S
+test test-e2e test-scale: export EDPO_STOCK_TIMEOUT ?= PT5S
 # The suite's stack requires an API token, so the token checks are tested: a random one per
 # checkout (.run/test-api-token), never committed. Another token is taken from EDPO_API_TOKEN.
-test test-e2e fuzz: export EDPO_API_TOKEN ?= $(shell mkdir -p .run && (test -s .run/test-api-token || \
+test test-e2e test-scale fuzz: export EDPO_API_TOKEN ?= $(shell mkdir -p .run && (test -s .run/test-api-token || \
 	$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))' > .run/test-api-token) && cat .run/test-api-token)
 test: up
 	@$(BIN)/pytest -q -rfE
@@ -75,6 +75,13 @@ test-integration: setup
 
 test-e2e: up
 	@$(BIN)/pytest -q tests/e2e
+
+# The end-to-end suite again, against two workers per service (and the one monitor): scale-out as
+# users do it. The stack is restarted with --instances 2 and left running.
+test-scale: setup
+	@$(EDPO) down >/dev/null
+	@$(EDPO) up --instances 2
+	@EDPO_TEST_NO_START=1 $(BIN)/pytest -q -rfE tests/e2e
 
 # Fuzzing only, longer than in `make test` (FUZZ_EXAMPLES per operation and mode; 60 there).
 fuzz: export FUZZ_EXAMPLES ?= 500
