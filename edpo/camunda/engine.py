@@ -31,6 +31,14 @@ class EngineError(Exception):
         return self.status == 400 and "MismatchingMessageCorrelationException" in text
 
 
+def engine_away(e: BaseException) -> bool:
+    """The engine cannot be reached or cannot serve (restarting, its database away): an outage,
+    not a fault of what was asked."""
+    if isinstance(e, EngineError):
+        return e.status >= 500
+    return isinstance(e, (aiohttp.ClientConnectionError, TimeoutError, OSError))
+
+
 def variable(value: Any) -> dict[str, Any]:
     """Typed Camunda variable: lists and dicts travel as Spin JSON."""
     if isinstance(value, (dict, list)):

@@ -33,7 +33,6 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import mode
 
 from camunda.client.async_external_task_client import AsyncExternalTaskClient
@@ -41,7 +40,7 @@ from camunda.external_task.async_external_task_executor import AsyncExternalTask
 from camunda.external_task.async_external_task_worker import AsyncExternalTaskWorker
 from camunda.external_task.external_task import ExternalTask, TaskResult
 from camunda.variables.variables import Variables
-from edpo.camunda.engine import Engine, EngineError
+from edpo.camunda.engine import Engine, EngineError, engine_away
 from edpo.logs import OutageLog, log_context
 from edpo.models import Line
 
@@ -150,7 +149,7 @@ class BatchWorker(AsyncExternalTaskWorker):
         try:
             contexts = await self.client.fetch_and_lock([topic_name], process_variables, variables)
         except Exception as e:
-            if not _engine_away(e):
+            if not engine_away(e):
                 raise  # the library logs it with its traceback and polls again
             # The library would log a traceback per topic every 0.1 s while the engine is away
             # (10 MB a minute); one line when it goes, one when it is back, and slower polls meanwhile.
@@ -182,13 +181,6 @@ class BatchWorker(AsyncExternalTaskWorker):
                            task.get_business_key(), e)
 
 
-def _engine_away(e: BaseException) -> bool:
-    """The engine cannot be reached or cannot serve (restarting, its database away): not the request's fault."""
-    if isinstance(e, EngineError):
-        return e.status >= 500
-    return isinstance(e, (aiohttp.ClientConnectionError, TimeoutError, OSError))
-
-
 def outage_pause(failures: int) -> float:
     """Seconds before the next fetch while the engine is away: 0.1 doubling up to 2."""
     return min(0.1 * 2 ** min(failures - 1, 5), 2.0)
@@ -212,7 +204,7 @@ async def keep_locked(client: EngineTaskClient, task_id: str, lock_ms: int) -> N
             await client.extend_lock(task_id, lock_ms)
         except Exception as e:  # noqa: BLE001 - the next renewal tries again
             # The engine away (its poller says so once) or the task gone: nothing to warn about per task.
-            level = logging.DEBUG if _engine_away(e) or _expected_refusal(e) else logging.WARNING
+            level = logging.DEBUG if engine_away(e) or _expected_refusal(e) else logging.WARNING
             logger.log(level, "could not extend the lock of %s: %s", task_id, e)
 
 

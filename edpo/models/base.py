@@ -79,3 +79,16 @@ _encoder = msgspec.json.Encoder()
 
 def encode(msg: Message) -> bytes:
     return _encoder.encode(msg)
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str = ""
+
+
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+
+def type_of(payload: bytes) -> str:
+    """The `type` tag of an encoded message, read without decoding the rest ("" when it has none).
+    Raises msgspec.DecodeError / ValidationError when the payload is not a JSON object."""
+    return _type_decoder.decode(payload).type

@@ -18,16 +18,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import asyncpg
 import msgspec
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from edpo.camunda.engine import EngineError
+from edpo.camunda.engine import engine_away
 from edpo.logs import log_context
 from edpo.models import DeadLetter, Message
+from edpo.models.base import type_of
 from edpo.runtime.metrics import NO_AGENT_METRICS, AgentMetrics
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import HANDLER, HANDLER_ATTEMPTS, OUTAGE
@@ -51,9 +52,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 def server_away(e: BaseException) -> bool:
     """The engine or the database cannot be reached or cannot serve: an outage, not a fault of what was asked."""
-    if isinstance(e, EngineError):
-        return e.status >= 500
-    return isinstance(e, TRANSIENT + (aiohttp.ClientConnectionError,))
+    return engine_away(e) or isinstance(e, TRANSIENT)
 
 
 # A dead letter's payload is cut to this many bytes of JSON so that, with its envelope, the
@@ -64,11 +63,31 @@ REASON_LIMIT = 2000
 ERROR_LIMIT = 16 * 1024
 
 
-class _TypeOnly(msgspec.Struct):
-    type: str = ""
+@dataclass(frozen=True)
+class Unread:
+    """Why a record was not read as a message: `undeclared_topic` and `unknown_type` are skipped
+    (a newer producer's type is not an error); `undecodable` is dead-lettered by the record's owner."""
+
+    reason: str
+    detail: str
+    error: str = ""
 
 
-_type_decoder = msgspec.json.Decoder(_TypeOnly)
+def read_record(event: Any) -> Message | Unread:
+    """The message a Faust event's record holds, decoded with its topic's declaration, or why not."""
+    raw = event.value
+    spec = BY_NAME.get(event.message.topic)
+    if spec is None:
+        return Unread("undeclared_topic", "record from an undeclared topic")
+    if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
+        return Unread("undecodable", "record has no value")
+    try:
+        kind = type_of(raw)
+        if kind not in spec.message_types:
+            return Unread("unknown_type", f"unknown message type {kind!r}")
+        return spec.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return Unread("undecodable", str(e), f"{type(e).__name__}: {e}")
 
 
 async def consume(
@@ -102,27 +121,17 @@ def _leave_uncommitted(event: Any) -> None:
 async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: Sleep,
                metrics: AgentMetrics = NO_AGENT_METRICS) -> None:
     """Decode one record and hand it to the handler (or skip or dead-letter it)."""
-    raw = event.value
     topic = event.message.topic
-    spec = BY_NAME.get(topic)
-    if spec is None:
-        logger.warning("%s: record from undeclared topic %s skipped", name, topic)
-        metrics.skipped(topic, "undeclared_topic")
+    msg = read_record(event)
+    if isinstance(msg, Unread):
+        if msg.reason == "undecodable":
+            await dead_letter(publish, event, f"undecodable: {msg.detail}", error=msg.error, sleep=sleep)
+        else:
+            logger.warning("%s: %s on %s[%d]@%d skipped", name, msg.detail, topic, event.message.partition,
+                           event.message.offset)
+            metrics.skipped(topic, msg.reason)
         return
-    if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
-        await dead_letter(publish, event, "undecodable: record has no value", sleep=sleep)
-        return
-    try:
-        kind = _type_decoder.decode(raw).type
-        if kind not in spec.message_types:
-            logger.warning("%s: unknown message type %r on %s[%d]@%d skipped", name, kind, topic,
-                           event.message.partition, event.message.offset)
-            metrics.skipped(topic, "unknown_type")
-            return
-        msg = spec.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        await dead_letter(publish, event, f"undecodable: {e}", error=f"{type(e).__name__}: {e}", sleep=sleep)
-        return
+    kind = msg.type
     metrics.consumed(topic, kind)
     started = time.perf_counter()
     # Whatever is logged while the message is handled names its order and trace.

@@ -27,6 +27,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
+from edpo.models.base import type_of
+
 logger = logging.getLogger(__name__)
 
 # The classic text format (version 0.0.4): what every Prometheus version reads.
@@ -47,24 +49,19 @@ Sample = tuple[Gauge, tuple[str, ...], float]
 Part = Callable[[], Awaitable[Iterable[Sample]]]
 
 
-class _TypeOnly(msgspec.Struct):
-    type: str = ""
-
-
 class _Letter(msgspec.Struct):
     type: str = ""
     topic: str = ""
     reason: str = ""
 
 
-_type_decoder = msgspec.json.Decoder(_TypeOnly)
 _letter_decoder = msgspec.json.Decoder(_Letter)
 
 
 def message_type(payload: bytes) -> str:
     """The `type` of an encoded message ("?" when the payload is not a message)."""
     try:
-        return _type_decoder.decode(payload).type or "?"
+        return type_of(payload) or "?"
     except (msgspec.DecodeError, msgspec.ValidationError):
         return "?"
 

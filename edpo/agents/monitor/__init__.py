@@ -68,11 +68,11 @@ from edpo.models import (
 from edpo.models.api import OrderId
 from edpo.agents.monitor.watch import GroupLag, Link, Listing, Urls, Watcher
 from edpo.runtime.app import ServiceApp
+from edpo.runtime.consume import Unread, read_record
 from edpo.runtime.http import Answer, Call, Problem, Reply
 from edpo.runtime.publish import Publish, raw_topic
 from edpo.runtime.tables import Table, TickThrottle
 from edpo.topics import (
-    BY_NAME,
     TopicSpec,
     dead_letters_topic,
     delivery_events_topic,
@@ -95,13 +95,6 @@ STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 ORDER_TOPICS = (order_events_topic, warehouse_events_topic, delivery_events_topic, monitor_ticks_topic)
 RETENTION_SWEEP = 60.0  # seconds between looks for orders to forget
 STOCK_TOPICS = (inventory_events_topic, factory_events_topic)
-
-
-class _TypeOnly(msgspec.Struct):
-    type: str = ""
-
-
-_type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
 # --- what the API answers ------------------------------------------------------------------------
@@ -517,22 +510,13 @@ def create_app(settings: Settings) -> ServiceApp:
 
 
 def decode(app: ServiceApp, name: str, event: Any) -> Message | None:
-    """The record's message; None (logged and counted, not dead-lettered) for what the monitor cannot read."""
-    spec = BY_NAME.get(event.message.topic)
-    raw = event.value
-    where = f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
-    if spec is None or not isinstance(raw, bytes):
+    """The record's message; None (logged and counted, not dead-lettered: its owner does that) for
+    what the monitor cannot read."""
+    msg = read_record(event)
+    if isinstance(msg, Unread):
         app.count("records skipped")
-        logger.warning("%s: record %s without a value or from an undeclared topic skipped", name, where)
+        # A newer producer's message type is no fault; a broken record is (its owner dead-letters it).
+        logger.log(logging.INFO if msg.reason == "unknown_type" else logging.WARNING, "%s: %s at %s[%d]@%d skipped",
+                   name, msg.detail, event.message.topic, event.message.partition, event.message.offset)
         return None
-    try:
-        kind = _type_decoder.decode(raw).type
-        if kind not in spec.message_types:
-            app.count("records skipped")
-            logger.info("%s: unknown message type %r at %s skipped", name, kind, where)
-            return None
-        return spec.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        app.count("records skipped")
-        logger.warning("%s: undecodable record %s skipped (its owner dead-letters it): %s", name, where, e)
-        return None
+    return msg
