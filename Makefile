@@ -59,6 +59,8 @@ test test-e2e test-scale: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
 # Deadlines of seconds: the escalation tests raise dispatcher tasks without waiting minutes.
 test test-e2e test-scale: export EDPO_DELIVERY_TIMEOUT ?= PT5S
 test test-e2e test-scale: export EDPO_STOCK_TIMEOUT ?= PT5S
+# An order unfinished after 30 s raises "Investigate order" (tests/e2e/test_escalation.py sees one).
+test test-e2e test-scale: export EDPO_ORDER_DEADLINE ?= PT30S
 # The suite's stack requires an API token, so the token checks are tested: a random one per
 # checkout (.run/test-api-token), never committed. Another token is taken from EDPO_API_TOKEN.
 test test-e2e test-scale fuzz: export EDPO_API_TOKEN ?= $(shell mkdir -p .run && (test -s .run/test-api-token || \
@@ -90,6 +92,7 @@ fuzz: export EDPO_COURIER_TIME ?= 0.5
 fuzz: export EDPO_DELIVERY_RETRY_BACKOFF ?= 0.5
 fuzz: export EDPO_DELIVERY_TIMEOUT ?= PT5S
 fuzz: export EDPO_STOCK_TIMEOUT ?= PT5S
+fuzz: export EDPO_ORDER_DEADLINE ?= PT30S
 fuzz: up
 	@$(BIN)/pytest -q -rfE tests/fuzz
 
