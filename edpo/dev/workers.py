@@ -7,6 +7,7 @@ that merely answers is not enough: right after a start it still serves 503s.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from edpo.config import MONITOR, SERVICES, Settings
 from edpo.dev.process import ManagedProcess, StackError, port_open
 
-__all__ = ["MONITOR", "SERVICES", "Health", "not_ready_report", "running_workers", "spawn_worker", "start_worker",
-           "wait_ready", "worker_health", "worker_process"]
+__all__ = ["MONITOR", "SERVICES", "Health", "free_instance", "not_ready_report", "running_instances",
+           "running_workers", "spawn_worker", "start_worker", "wait_ready", "worker_health", "worker_process"]
 
 
 def worker_process(settings: Settings, service: str, instance: int = 1) -> ManagedProcess:
@@ -132,3 +133,20 @@ def running_workers(settings: Settings) -> list[ManagedProcess]:
     for pid_file in sorted(folder.glob("*.pid")):
         procs.append(_managed(settings, pid_file.stem))
     return procs
+
+
+def running_instances(settings: Settings, service: str) -> list[int]:
+    """The instance numbers of service's workers whose process is alive, lowest first."""
+    found = []
+    for proc in running_workers(settings):
+        name, _, number = proc.name.rpartition("-")
+        if name == service and number.isdigit() and proc.running():
+            found.append(int(number))
+    return sorted(found)
+
+
+def free_instance(settings: Settings, service: str) -> int:
+    """The lowest instance number of service with no worker alive: where one more worker joins
+    (2 beside a single worker, 3 beside `edpo up --instances 2`)."""
+    taken = set(running_instances(settings, service))
+    return next(n for n in itertools.count(1) if n not in taken)
