@@ -26,7 +26,7 @@ from edpo.logs import logging_config
 from edpo.models.api import Health
 from edpo.runtime.consume import TRANSIENT, Handler, consume
 from edpo.runtime.failpoints import Failpoints
-from edpo.runtime.http import MAX_BODY, Answer, Api, Call, Reply, swagger_assets
+from edpo.runtime.http import MAX_BODY, Answer, Api, Call, Reply, error_body, swagger_assets
 from edpo.runtime.metrics import CONTENT_TYPE, Metrics
 from edpo.runtime.publish import Publisher, raw_topic
 from edpo.runtime.tables import StructTable, T
@@ -36,6 +36,8 @@ from edpo.topics import TopicSpec, ensure_topics
 logger = logging.getLogger(__name__)
 # Seconds a readiness check may take before /health counts it as not passed.
 READY_CHECK_TIMEOUT = 2.0
+# Faust's views of one table, by name (faust.web.apps.tables and .router).
+FAUST_TABLE_VIEWS = ("/table/{name}/", "/router/{name}/")
 
 
 class ServiceApp(faust.App):
@@ -79,7 +81,8 @@ class ServiceApp(faust.App):
             # the consumer's metadata; Faust then leaves its partitions unassigned until the next metadata
             # refresh (default: 5 min), whose change makes the group rebalance. /health waits for it.
             consumer_metadata_max_age_ms=10_000,
-            web_application_options={"client_max_size": MAX_BODY, "middlewares": [self.api.guard(TRANSIENT)]},
+            web_application_options={"client_max_size": MAX_BODY,
+                                     "middlewares": [self.api.guard(TRANSIENT), self._known_tables_only]},
         )
         self.service_name = service
         self.settings = settings
@@ -140,8 +143,25 @@ class ServiceApp(faust.App):
 
     async def on_first_start(self) -> None:
         self.conf.datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
-        self.api.mount(self.web.web_app.router, swagger_assets())  # before the web server starts
+        self.mount_api()  # before the web server starts
         await super().on_first_start()
+
+    @web.middleware
+    async def _known_tables_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """404 naming the tables for Faust's views of a table this service does not have (after the
+        guard): Faust's /router/{name}/ raised KeyError there, a 500, and its key views answered 503."""
+        route = request.match_info.route
+        pattern = route.resource.canonical if route.resource is not None else ""
+        name = request.match_info.get("name", "")
+        if pattern.startswith(FAUST_TABLE_VIEWS) and name not in self.tables:
+            return error_body(404, "name", f"no table {name!r}; this service has "
+                              f"{', '.join(sorted(self.tables)) or 'none'}")
+        return await handler(request)
+
+    def mount_api(self) -> None:
+        """Add the service's operations, /openapi.json and /docs to the web server's routes; Faust adds
+        its own views (/, /table/, /router/) when the server starts (`self.web.init_server()`)."""
+        self.api.mount(self.web.web_app.router, swagger_assets())
 
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a counter shown by /health (what reconciliation and retries found)."""
@@ -208,9 +228,10 @@ class ServiceApp(faust.App):
 
     def agent_over(self, name: str, handle: Handler, *specs: TopicSpec) -> None:
         """An agent over specs that hands every decoded message to handle (see runtime.consume)."""
+        guarded = self.failpoints.before_handle(handle)  # handle itself unless EDPO_FAILPOINTS arms before_handle
 
         async def agent(stream: faust.StreamT) -> None:
-            await consume(stream.events(), handle, name=name, publish=self.publisher.publish,
+            await consume(stream.events(), guarded, name=name, publish=self.publisher.publish,
                           metrics=self.metrics.agent(name))
 
         agent.__name__ = agent.__qualname__ = name

@@ -277,3 +277,20 @@ def test_whole_floats_are_integers_as_in_json_schema_others_are_refused() -> Non
         with pytest.raises(Problem) as e:
             decode_body(decoder, Receipt, raw)
         assert e.value.status == status, raw[:30]
+
+
+async def test_faust_views_of_a_table_the_service_lacks_answer_404_naming_its_tables() -> None:
+    """Faust's /router/{name}/ raised KeyError for an unknown table (a 500); its key views said 503."""
+    from edpo import agents
+
+    app = agents.APPS["factory"](Settings(api_token=""))
+    app.mount_api()
+    app.web.init_server()  # Faust's own views, as when the worker's web server starts
+    async with TestClient(TestServer(app.web.web_app)) as c:
+        for path in ("/router/nope/", "/router/nope/k/", "/table/nope/", "/table/nope/k/"):
+            status, body = await status_and_body(await c.get(path))
+            assert status == 404, (path, body)
+            assert body["errors"][0] == {"field": "name",
+                                         "message": "no table 'nope'; this service has production_by_sku"}
+        status, body = await status_and_body(await c.get("/table/production_by_sku/"))
+        assert (status, body["name"]) == (200, "production_by_sku")
