@@ -66,9 +66,21 @@ SETTLE_S = 300.0
 UNREACHABLE = "Unreachable Road 9, Nowhere"
 
 
+RESULTS = ROOT / ".run" / "faults" / "results.tsv"
+RESULT_COLUMNS = ("fault", "orders", "delivered", "cancelled", "stuck", "duplicated", "invariant_violations",
+                  "invariants_checked", "figures")
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_report() -> None:
+    """One run, one report: results.tsv starts with its header at every session."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\t".join(RESULT_COLUMNS) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +164,8 @@ class Stack:
     async def sole_owner(self, service: str) -> bool:
         """Worker 1 of the service owns every partition of its tables (no other worker holds any)."""
         url = f"http://{self.s.host}:{self.s.web_port(service, 1)}"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=bearer(self.s.api_token)) as http:
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout, headers=bearer(self.s.api_token)) as http:
             async with http.get(f"{url}/router/") as r:
                 owners = await r.json()
         return set(owners) <= {url}
@@ -248,14 +261,33 @@ class Books:
 
     on_hand: dict[str, int]
     reserved: dict[str, int]
+    waiting: dict[str, int]
     produced: dict[str, int]
 
 
 @dataclass
+class Answer:
+    """One answer the load generator got (status None: no answer, the connection failed)."""
+
+    at: float  # time.monotonic() when it came
+    url: str
+    status: int | None
+    retry_after: str | None = None
+
+
+@dataclass
 class Outcome:
+    """What a scenario observed; a figure is None while it has not been checked (the scenario
+    failed before), and the report shows it so."""
+
     placed: list[Placed]
     statuses: dict[str, str] = field(default_factory=dict)
     recovery: dict[str, float] = field(default_factory=dict)
+    answers: list[Answer] = field(default_factory=list)
+    stuck: int | None = None  # orders not final when the scenario gave up waiting
+    duplicated: int | None = None  # orders ended twice, with two process instances, or an effect twice
+    invariant_violations: int | None = None
+    invariants_checked: int = 0
 
 
 class Traffic:
@@ -266,6 +298,7 @@ class Traffic:
         self.s = settings
         self.http = http
         self.orders = f"http://{settings.host}:{settings.order_port}"
+        self.answers: list[Answer] = []  # every answer to a POST, in the order they came
 
     async def place(self, n: int, tag: str) -> Placed:
         path, items, address = PATHS[n % len(PATHS)]
@@ -292,11 +325,13 @@ class Traffic:
             try:
                 async with self.http.post(url, json=body, headers=headers) as r:
                     text = await r.text()
+                    self.answers.append(Answer(time.monotonic(), url, r.status, r.headers.get("Retry-After")))
                     if r.status in expected:
                         return r.status, json.loads(text)
                     assert r.status == 503, f"POST {url} answered {r.status}: {text}"
                     last = f"{r.status} {text}"
             except (TimeoutError, aiohttp.ClientError) as e:
+                self.answers.append(Answer(time.monotonic(), url, None))
                 last = repr(e)
             if time.monotonic() > deadline:
                 raise AssertionError(f"POST {url} ({key}) failed for 120 s: {last}")
@@ -326,7 +361,8 @@ class Traffic:
             lines = reply["lines"]
             for line in lines:
                 produced[line["sku"]] = produced.get(line["sku"], 0) + line["produced_total"]
-        return Books({r["sku"]: r["on_hand"] for r in stock}, {r["sku"]: r["reserved"] for r in stock}, produced)
+        return Books({r["sku"]: r["on_hand"] for r in stock}, {r["sku"]: r["reserved"] for r in stock},
+                     {r["sku"]: r["waiting"] for r in stock}, produced)
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
@@ -348,142 +384,203 @@ Fault = Callable[[], Awaitable[dict[str, float]]]
 async def run_scenario(settings: Settings, name: str, fault: Fault, *, orders: int = 25, rate: float = 5.0,
                        fault_after: int = 6, receipts: int = 1, factories: int = 1,
                        timeout: float = DRAIN_S, arm: Callable[[], Awaitable[Any]] | None = None,
-                       cancel_share: float = 0.0) -> Outcome:
+                       cancel_share: float = 0.0, verify: Callable[[Outcome], None] | None = None) -> Outcome:
     """Wait until nothing is in flight, `arm` the fault if it needs preparing, place `orders`
     at `rate`/s, inject `fault` after `fault_after` of them (it returns its
     recovery figures), wait until every order is final and the stock settled, then assert the
-    guarantees. Returns the outcome for the reliability table."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15), headers=bearer(settings.api_token)) as http, \
+    guarantees and what the scenario's own `verify` asserts (it may add figures). The scenario's
+    row of the report is written whether it passes or not, with what it observed. Returns the outcome."""
+    client_timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(timeout=client_timeout, headers=bearer(settings.api_token)) as http, \
             Engine.from_settings(settings) as engine:
         traffic = Traffic(settings, http)
+        outcome = Outcome([], answers=traffic.answers)
         try:
-            await until(lambda: _idle(traffic), SETTLE_S, "the stock to settle before the scenario")
-        except AssertionError as e:
-            raise AssertionError(f"{e}; the stock: {await _unsettled(traffic)}") from None
-        before = await traffic.books(factories)
-        if arm is not None:  # e.g. restart a worker with a failpoint, once nothing is in flight
-            # Finished orders leave the tables EDPO_TABLE_RETENTION after they end, with a few
-            # messages each: let that pass, so the armed worker's passes count the new traffic.
-            await asyncio.sleep(float(FAULT_ENV["EDPO_TABLE_RETENTION"]) + 2)
-            await arm()
-        placed: list[Placed] = []
-        received: dict[str, int] = {}
-        fault_started = asyncio.Event()
-
-        rng = random.Random(len(name))
-        cancels: list[asyncio.Task[None]] = []
-
-        async def cancel_later(order: Placed) -> None:
-            await asyncio.sleep(rng.uniform(0, 4))
-            await traffic.cancel(order)
-
-        async def place_all() -> None:
-            for n in range(orders):
-                if n == fault_after:
-                    fault_started.set()
-                placed.append(await traffic.place(n, name))
-                if rng.random() < cancel_share:  # the customer changes their mind at some moment
-                    cancels.append(asyncio.create_task(cancel_later(placed[-1])))
-                await asyncio.sleep(1 / rate)
-            await asyncio.gather(*cancels)
-            run = time.time_ns()
-            for r in range(receipts):  # a receipt, sent twice with its key: booked once
-                key = f"{name}-{run}-receipt-{r}"
-                for _ in range(2):
-                    await traffic.receive("LAMP", 3, key)
-                received["LAMP"] = received.get("LAMP", 0) + 3
-
-        async def inject() -> dict[str, float]:
-            await fault_started.wait()
-            return await fault()
-
-        # The fault and the traffic run side by side; whichever fails first is the error shown.
-        placing, injecting = asyncio.create_task(place_all()), asyncio.create_task(inject())
-        done, _pending = await asyncio.wait({placing, injecting}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            if task.exception() is not None:
-                for other in (placing, injecting):
-                    other.cancel()
-                raise task.exception()  # type: ignore[misc]
-        await placing
-        recovery = await injecting
-        t_fault_over = time.monotonic()
-        outcome = Outcome(placed, recovery=recovery)
-
-        async def all_final() -> bool:
-            for p in placed:
-                if outcome.statuses.get(p.order_id) in FINAL:
-                    continue
-                order = await traffic.status(p.order_id)
-                if order is None or order["status"] not in FINAL:
-                    return False
-                outcome.statuses[p.order_id] = order["status"]
-            return True
-
-        try:
-            await until(all_final, timeout, "every order to reach a final status")
-        except AssertionError:
-            stuck = {}
-            for p in placed:
-                if outcome.statuses.get(p.order_id) in FINAL:
-                    continue
-                stuck[p.order_id] = ((await traffic.status(p.order_id) or {}).get("status"),
-                                     await _where(engine, p.order_id))
-            clues = {oid: await _clues(traffic, oid) for oid in list(stuck)[:3]}
-            raise AssertionError(f"{name}: {len(stuck)} of {len(placed)} orders stuck: {stuck}\n"
-                                 f"what the services know of the first ones: {json.dumps(clues, indent=1)}") from None
-        outcome.recovery["drain_s"] = round(time.monotonic() - t_fault_over, 1)
-        if cancel_share:
-            outcome.recovery["cancels_accepted"] = sum(p.cancel == 202 for p in placed)
-            outcome.recovery["cancels_refused"] = sum(p.cancel == 409 for p in placed)
-
-        wrong = {p.order_id: (p.path, p.cancel, outcome.statuses[p.order_id]) for p in placed
-                 if outcome.statuses[p.order_id] not in p.allowed}
-        assert not wrong, f"{name}: orders ended in the wrong status: {wrong}"
-
-        # Exactly once: one DELIVERED (or CANCELLED) in each history, one process instance per order.
-        for p in placed:
-            order = await traffic.status(p.order_id)
-            assert order is not None
-            finals = [h["status"] for h in order["history"] if h["status"] in FINAL]
-            assert finals == [outcome.statuses[p.order_id]], f"{name}: order {p.order_id} history {order['history']}"
-
-        async def one_finished_instance_each() -> bool:
-            for p in placed:
-                history = await engine.history_instances(ORDER_FULFILMENT, p.order_id)
-                if len(history) != 1 or history[0]["state"] == "ACTIVE":
-                    return False
-            return True
-
-        try:
-            await until(one_finished_instance_each, 60, "one finished process instance per order")
-        except AssertionError:
-            counts = {p.order_id: [h["state"] for h in await engine.history_instances(ORDER_FULFILMENT, p.order_id)]
-                      for p in placed}
-            bad = {k: v for k, v in counts.items() if len(v) != 1 or v[0] == "ACTIVE"}
-            raise AssertionError(f"{name}: process instances per order: {bad}") from None
-
-        # The books: nothing reserved once every order is final, and every unit accounted for.
-        await until(lambda: _idle(traffic), 90, "every reservation to be shipped or released")
-        after = await traffic.books(factories)
-        shipped: dict[str, int] = {}
-        for p in placed:
-            if outcome.statuses[p.order_id] == "DELIVERED":
-                for item in p.items:
-                    shipped[item["sku"]] = shipped.get(item["sku"], 0) + item["quantity"]
-        problems = []
-        for sku in before.on_hand:
-            produced = after.produced.get(sku, 0) - before.produced.get(sku, 0)
-            lhs = after.on_hand[sku] + shipped.get(sku, 0)
-            rhs = before.on_hand[sku] + produced + received.get(sku, 0)
-            if lhs != rhs:
-                problems.append(f"{sku}: on_hand {after.on_hand[sku]} + shipped {shipped.get(sku, 0)} != "
-                                f"initial {before.on_hand[sku]} + produced {produced} + received {received.get(sku, 0)}")
-            if not 0 <= after.reserved[sku] <= after.on_hand[sku]:
-                problems.append(f"{sku}: reserved {after.reserved[sku]} outside 0..{after.on_hand[sku]}")
-        assert not problems, f"{name}: stock books broken: {problems}"
-        _record(name, outcome)
+            await _run(name, fault, traffic, engine, outcome, orders=orders, rate=rate, fault_after=fault_after,
+                       receipts=receipts, factories=factories, timeout=timeout, arm=arm, cancel_share=cancel_share)
+            if verify is not None:
+                verify(outcome)
+        finally:
+            _record(name, outcome)
         return outcome
+
+
+async def _run(name: str, fault: Fault, traffic: Traffic, engine: Engine, outcome: Outcome, *, orders: int,
+               rate: float, fault_after: int, receipts: int, factories: int, timeout: float,
+               arm: Callable[[], Awaitable[Any]] | None, cancel_share: float) -> None:
+    """run_scenario's steps; each check fills in its figure of the outcome before it asserts."""
+    try:
+        await until(lambda: _idle(traffic), SETTLE_S, "the stock to settle before the scenario")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the stock: {await _unsettled(traffic)}") from None
+    before = await traffic.books(factories)
+    if arm is not None:  # e.g. restart a worker with a failpoint, once nothing is in flight
+        # Finished orders leave the tables EDPO_TABLE_RETENTION after they end, with a few
+        # messages each: let that pass, so the armed worker's passes count the new traffic.
+        await asyncio.sleep(float(FAULT_ENV["EDPO_TABLE_RETENTION"]) + 2)
+        await arm()
+    placed = outcome.placed
+    received: dict[str, int] = {}
+    fault_started = asyncio.Event()
+
+    rng = random.Random(len(name))
+    cancels: list[asyncio.Task[None]] = []
+
+    async def cancel_later(order: Placed) -> None:
+        await asyncio.sleep(rng.uniform(0, 4))
+        await traffic.cancel(order)
+
+    async def place_all() -> None:
+        for n in range(orders):
+            if n == fault_after:
+                fault_started.set()
+            placed.append(await traffic.place(n, name))
+            if rng.random() < cancel_share:  # the customer changes their mind at some moment
+                cancels.append(asyncio.create_task(cancel_later(placed[-1])))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*cancels)
+        run = time.time_ns()
+        for r in range(receipts):  # a receipt, sent twice with its key: booked once
+            key = f"{name}-{run}-receipt-{r}"
+            for _ in range(2):
+                await traffic.receive("LAMP", 3, key)
+            received["LAMP"] = received.get("LAMP", 0) + 3
+
+    async def inject() -> dict[str, float]:
+        await fault_started.wait()
+        return await fault()
+
+    # The fault and the traffic run side by side; whichever fails first is the error shown.
+    placing, injecting = asyncio.create_task(place_all()), asyncio.create_task(inject())
+    done, _pending = await asyncio.wait({placing, injecting}, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        if task.exception() is not None:
+            for other in (placing, injecting):
+                other.cancel()
+            raise task.exception()  # type: ignore[misc]
+    await placing
+    outcome.recovery.update(await injecting)
+    t_fault_over = time.monotonic()
+
+    await _count_stuck(name, traffic, engine, outcome, timeout)
+    outcome.recovery["drain_s"] = round(time.monotonic() - t_fault_over, 1)
+    if cancel_share:
+        outcome.recovery["cancels_accepted"] = sum(p.cancel == 202 for p in placed)
+        outcome.recovery["cancels_refused"] = sum(p.cancel == 409 for p in placed)
+
+    # Every figure first, then the assertions: a failing scenario's row shows them all.
+    unfinished: dict[str, str] = {}
+    twice = await _count_duplicated(traffic, engine, outcome, unfinished)
+    problems = await _check_books(traffic, outcome, before, received, factories)
+    wrong = {p.order_id: (p.path, p.cancel, outcome.statuses[p.order_id]) for p in placed
+             if outcome.statuses[p.order_id] not in p.allowed}
+    assert not wrong, f"{name}: orders ended in the wrong status: {wrong}"
+    assert not twice, f"{name}: {len(twice)} orders ended twice or did something twice: {twice}"
+    assert not unfinished, f"{name}: orders without one finished process instance: {unfinished}"
+    assert not problems, f"{name}: stock books broken: {problems}"
+
+
+async def _count_stuck(name: str, traffic: Traffic, engine: Engine, outcome: Outcome, timeout: float) -> None:
+    """Wait until every order is final (outcome.statuses); outcome.stuck counts those that are not
+    when the wait ends, and the scenario fails with what the services know of them."""
+
+    async def all_final() -> bool:
+        for p in outcome.placed:
+            if outcome.statuses.get(p.order_id) in FINAL:
+                continue
+            order = await traffic.status(p.order_id)
+            if order is None or order["status"] not in FINAL:
+                return False
+            outcome.statuses[p.order_id] = order["status"]
+        return True
+
+    try:
+        await until(all_final, timeout, "every order to reach a final status")
+        outcome.stuck = 0
+    except AssertionError:
+        stuck = {}
+        for p in outcome.placed:
+            if outcome.statuses.get(p.order_id) in FINAL:
+                continue
+            stuck[p.order_id] = ((await traffic.status(p.order_id) or {}).get("status"),
+                                 await _where(engine, p.order_id))
+        outcome.stuck = len(stuck)
+        clues = {oid: await _clues(traffic, oid) for oid in list(stuck)[:3]}
+        raise AssertionError(f"{name}: {len(stuck)} of {len(outcome.placed)} orders stuck: {stuck}\n"
+                             f"what the services know of the first ones: {json.dumps(clues, indent=1)}") from None
+
+
+# An order goes through each of these at most once; SHIPPED and DELIVERY_FAILED come once per attempt.
+ONCE_PER_ORDER = {"PLACED", "ACCEPTED", "AWAITING_STOCK", "RESERVED", "PACKED", *FINAL}
+
+
+async def _count_duplicated(traffic: Traffic, engine: Engine, outcome: Outcome,
+                            unfinished: dict[str, str]) -> dict[str, str]:
+    """Exactly once: each order's history holds one final status and every once-per-order step
+    once, and the order had one process instance, which finished. Sets outcome.duplicated to
+    the number of orders where something happened twice; returns what, by order (and puts
+    orders without a finished instance into `unfinished`)."""
+    twice: dict[str, str] = {}
+    for p in outcome.placed:
+        order = await traffic.status(p.order_id)
+        assert order is not None, f"order {p.order_id} is gone"
+        steps = [h["status"] for h in order["history"]]
+        again = sorted({s for s in steps if s in ONCE_PER_ORDER and steps.count(s) > 1})
+        if again:
+            twice[p.order_id] = f"history {steps}"
+
+    instances: dict[str, list[str]] = {}
+
+    async def one_finished_instance_each() -> bool:
+        for p in outcome.placed:
+            instances[p.order_id] = [h["state"] for h in await engine.history_instances(ORDER_FULFILMENT,
+                                                                                         p.order_id)]
+        return all(len(states) == 1 and states[0] != "ACTIVE" for states in instances.values())
+
+    try:
+        await until(one_finished_instance_each, 60, "one finished process instance per order")
+    except AssertionError:
+        pass  # counted below
+    for order_id, states in instances.items():
+        if len(states) > 1:
+            twice[order_id] = f"{twice.get(order_id, '')} process instances {states}".strip()
+    outcome.duplicated = len(twice)
+    for order_id, states in instances.items():  # none, or one still running: not a duplicate, still wrong
+        if order_id not in twice and (len(states) != 1 or states[0] == "ACTIVE"):
+            unfinished[order_id] = f"process instances {states}"
+    return twice
+
+
+async def _check_books(traffic: Traffic, outcome: Outcome, before: Books, received: dict[str, int],
+                       factories: int) -> list[str]:
+    """The stock's invariants, three per SKU once every order is final: nothing left reserved or
+    waiting, 0 <= reserved <= on_hand, on_hand + shipped = initial + produced + received. Sets
+    outcome.invariants_checked and outcome.invariant_violations; returns the violations."""
+    try:
+        await until(lambda: _idle(traffic), 90, "every reservation to be shipped or released")
+    except AssertionError:
+        pass  # the SKUs still holding units are counted below
+    after = await traffic.books(factories)
+    shipped: dict[str, int] = {}
+    for p in outcome.placed:
+        if outcome.statuses[p.order_id] == "DELIVERED":
+            for item in p.items:
+                shipped[item["sku"]] = shipped.get(item["sku"], 0) + item["quantity"]
+    problems = []
+    for sku in before.on_hand:
+        outcome.invariants_checked += 3
+        if after.reserved[sku] or after.waiting[sku]:
+            problems.append(f"{sku}: {after.reserved[sku]} reserved, {after.waiting[sku]} waiting at the end")
+        if not 0 <= after.reserved[sku] <= after.on_hand[sku]:
+            problems.append(f"{sku}: reserved {after.reserved[sku]} outside 0..{after.on_hand[sku]}")
+        produced = after.produced.get(sku, 0) - before.produced.get(sku, 0)
+        lhs = after.on_hand[sku] + shipped.get(sku, 0)
+        rhs = before.on_hand[sku] + produced + received.get(sku, 0)
+        if lhs != rhs:
+            problems.append(f"{sku}: on_hand {after.on_hand[sku]} + shipped {shipped.get(sku, 0)} != "
+                            f"initial {before.on_hand[sku]} + produced {produced} + received {received.get(sku, 0)}")
+    outcome.invariant_violations = len(problems)
+    return problems
 
 
 async def _where(engine: Engine, order_id: str) -> list[str]:
@@ -547,14 +644,20 @@ async def _idle(traffic: Traffic) -> bool:
 
 
 def _record(name: str, outcome: Outcome) -> None:
-    """Append the scenario's figures to .run/faults/results.tsv (docs/reliability.md is built from it)."""
-    path = ROOT / ".run" / "faults" / "results.tsv"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append the scenario's row to .run/faults/results.tsv (tests.faults.report prints the table);
+    a figure not checked (the scenario failed before) is written as "-"."""
     delivered = sum(1 for s in outcome.statuses.values() if s == "DELIVERED")
     cancelled = sum(1 for s in outcome.statuses.values() if s == "CANCELLED")
     figures = " ".join(f"{k}={v}" for k, v in sorted(outcome.recovery.items()))
-    with path.open("a") as f:
-        f.write(f"{name}\t{len(outcome.placed)}\t{delivered}\t{cancelled}\t0\t0\t0\t{figures}\n")
+    checked = outcome.invariant_violations is not None
+    row = (name, len(outcome.placed), delivered, cancelled, _figure(outcome.stuck), _figure(outcome.duplicated),
+           _figure(outcome.invariant_violations), outcome.invariants_checked if checked else "-", figures)
+    with RESULTS.open("a") as f:
+        f.write("\t".join(str(v) for v in row) + "\n")
 
 
-__all__ = ["FAULT_ENV", "SERVICES", "Stack", "run_scenario", "until"]
+def _figure(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
+__all__ = ["FAULT_ENV", "SERVICES", "Outcome", "Stack", "run_scenario", "until"]

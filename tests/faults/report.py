@@ -2,9 +2,12 @@
 
     .venv/bin/python -m tests.faults.report [.run/faults/results.tsv]
 
-Each passing scenario appended one row: fault, orders, delivered, cancelled, stuck,
-duplicated, invariant violations (a scenario with any of the last three fails instead, so
-they are zero in every row written), and the recovery figures it measured.
+Every session of tests/faults starts the file afresh, and each scenario writes one row, passing
+or not, with what it observed: the orders it placed and how they ended, orders stuck (not final
+when it gave up waiting), orders duplicated (two final statuses, a once-per-order step twice, or
+more than one process instance), the stock invariants it checked and how many were broken, and
+the recovery figures it measured. "-" marks a figure the scenario did not get to check (it
+failed before).
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ HEADER = ("| Fault | Orders in flight | Completed (delivered + cancelled) | Stuc
 
 
 def table(path: Path) -> str:
+    """The markdown table of the run whose rows are in path (a header line, then one row per scenario)."""
+    lines = path.read_text().splitlines()
+    columns = lines[0].split("\t")
     rows = []
-    for line in path.read_text().splitlines():
-        name, orders, delivered, cancelled, stuck, dup, broken, figures = line.split("\t")
-        done = int(delivered) + int(cancelled)
-        rows.append(f"| {name} | {orders} | {done} ({delivered} + {cancelled}) | {stuck} | {dup} | {broken} | "
-                    f"{_recovery(figures)} |")
+    for line in lines[1:]:
+        row = dict(zip(columns, line.split("\t"), strict=True))
+        done = int(row["delivered"]) + int(row["cancelled"])
+        checked = row["invariants_checked"]
+        broken = row["invariant_violations"] if checked == "-" else f"{row['invariant_violations']} of {checked}"
+        rows.append(f"| {row['fault']} | {row['orders']} | {done} ({row['delivered']} + {row['cancelled']}) | "
+                    f"{row['stuck']} | {row['duplicated']} | {broken} | {_recovery(row['figures'])} |")
     return "\n".join([HEADER, *rows])
 
 
@@ -33,7 +41,7 @@ def _recovery(figures: str) -> str:
               "rejoin_ready_s": "killed worker ready {}s after restart",
               "drain_s": "all orders final {}s after recovery", "dead_letters": "{} dead letters",
               "replay_s": "replayed in {}s", "cancels_accepted": "{} cancellations accepted",
-              "cancels_refused": "{} refused (shipped)"}
+              "cancels_refused": "{} refused (shipped)", "answers_503": "{} answers 503 while it was down"}
     return "; ".join(labels[k].format(v) for k, v in values.items() if k in labels)
 
 

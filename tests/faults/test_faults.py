@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edpo.dev.process import StackError
-from tests.faults.conftest import Stack, run_scenario, until
+from tests.faults.conftest import Outcome, Stack, run_scenario, until
 
 # (service, failpoint, pass that kills): the pass counts from the worker's start, so it falls
 # inside the traffic (the warehouse stores 8 SKUs while it seeds at start, for example).
@@ -66,13 +66,35 @@ async def test_worker_killed_at_its_crash_point_loses_and_doubles_nothing(stack:
 
 @pytest.mark.parametrize("server", ["camunda", "kafka", "postgres"])
 async def test_server_killed_mid_flow_loses_and_doubles_nothing(stack: Stack, server: str) -> None:
+    outage: list[float] = []  # when the server was killed, and when it was back
+
     async def fault() -> dict[str, float]:
+        outage.append(time.monotonic())
         stack.kill_server(server)
         await asyncio.sleep(3)
         ready = await stack.start_server(server)
+        outage.append(time.monotonic())
         return {"server_ready_s": round(ready, 1)}
 
-    await run_scenario(stack.s, f"kill -9 {server}", fault, fault_after=8, orders=30)
+    def answers_while_away(outcome: Outcome) -> None:
+        if server == "postgres":
+            _assert_orders_answered_503_while_the_database_was_away(outcome, *outage)
+
+    await run_scenario(stack.s, f"kill -9 {server}", fault, fault_after=8, orders=30, verify=answers_while_away)
+
+
+def _assert_orders_answered_503_while_the_database_was_away(outcome: Outcome, down: float, back: float) -> None:
+    """The load generator's POST /orders during the outage were answered 503 with a numeric
+    Retry-After (nothing stored, retried with the same Idempotency-Key); no other 5xx, ever."""
+    orders = [a for a in outcome.answers if a.url.endswith("/orders")]
+    other_5xx = [(a.status, a.url) for a in outcome.answers if a.status and a.status >= 500 and a.status != 503]
+    assert not other_5xx, f"answers 5xx other than 503: {other_5xx}"
+    during = [a for a in orders if down <= a.at <= back + 5]
+    unavailable = [a for a in during if a.status == 503]
+    outcome.recovery["answers_503"] = len(unavailable)
+    assert unavailable, f"no POST /orders answered 503 while PostgreSQL was away: {[a.status for a in during]}"
+    bad_retry_after = [a.retry_after for a in unavailable if not (a.retry_after or "").isdigit()]
+    assert not bad_retry_after, f"503 answers without a number of seconds in Retry-After: {bad_retry_after}"
 
 
 async def test_customers_cancelling_while_the_warehouse_and_the_courier_are_killed(stack: Stack) -> None:
