@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from edpo.config import settings_table_markdown
@@ -29,3 +30,20 @@ def test_timeouts_are_iso_8601_durations_the_engine_can_parse() -> None:
     for bad in ("30s", "P", "PT", "P1DT", "5"):
         with pytest.raises(ValidationError, match="ISO 8601"):
             Settings(delivery_timeout=bad)
+
+
+# How many tests, scenarios or requests a run had is a figure of that run: written into a document,
+# it goes stale with the next test added. A document names the tests instead; a run reports its own.
+STALE_COUNTS = [
+    re.compile(r"\b\d[\d,]*\s+(?:[\w-]+\s+)?(?:tests?|scenarios?|test cases)\b", re.IGNORECASE),
+    re.compile(r"\b\d[\d,]*\s+(?:passed|failed|skipped|deselected|xfailed)\b"),
+    re.compile(r"`test_[^`]*`\s*\(\d+\)"),  # a glob of test names with how many it matches
+]
+
+
+def test_no_document_states_how_many_tests_there_are() -> None:
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found = [f"{path.relative_to(ROOT)}:{n}: {m.group(0)!r}" for path in documents
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             for pattern in STALE_COUNTS for m in pattern.finditer(line)]
+    assert not found, "counts of tests go stale; name the tests instead:\n" + "\n".join(found)
