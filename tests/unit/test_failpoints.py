@@ -185,3 +185,44 @@ def test_fail_raises_on_its_window_of_passes_only() -> None:
 def test_a_kill_has_no_window_and_a_window_is_positive(bad: str) -> None:
     with pytest.raises(FailpointError, match=r"=fail\[@n\[\+k\]\]"):
         parse(bad, "order")
+
+
+# --- drop: messages lost on the way to their handler -------------------------------------------------
+
+
+def test_drop_parses_at_before_handle_only() -> None:
+    from edpo.runtime.failpoints import Drop
+
+    assert parse("delivery.before_handle=drop@1+2", "delivery") == {"before_handle": Drop(range(1, 3))}
+    assert parse("delivery.before_handle=drop", "delivery") == {"before_handle": Drop(range(1, 2))}
+    assert parse("delivery.before_handle=kill@4", "delivery") == {"before_handle": 4}
+    with pytest.raises(FailpointError, match=r"before_handle=drop\[@n\[\+k\]\]"):
+        parse("delivery.after_store=drop@1+2", "delivery")
+
+
+async def test_drop_loses_the_armed_arrivals_of_each_message_and_hands_on_the_rest() -> None:
+    from edpo.models import Message, StartDelivery
+
+    handled: list[str] = []
+
+    async def handle(msg: Message) -> None:
+        assert isinstance(msg, StartDelivery)
+        handled.append(msg.order_id)
+
+    guarded = Failpoints("delivery.before_handle=drop@1+2", "delivery").before_handle(handle)
+    first = StartDelivery(order_id="o-1", attempt=1, delivery_address="Main St 1")
+    other = StartDelivery(order_id="o-2", attempt=1, delivery_address="Main St 2")
+    for msg in (first, other, first, first, other, first, other):
+        await guarded(msg)
+    # Counted per message id: each is handled from its third arrival on, the others' arrivals do not count.
+    assert handled == ["o-1", "o-1", "o-2"]
+
+
+def test_an_unarmed_before_handle_leaves_the_handler_as_it_is() -> None:
+    from edpo.models import Message
+
+    async def handle(msg: Message) -> None:
+        pass
+
+    assert Failpoints("delivery.before_publish=kill", "delivery").before_handle(handle) is handle
+    assert Failpoints("delivery.before_handle=drop", "warehouse").before_handle(handle) is handle
