@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import pytest
@@ -17,6 +19,10 @@ from edpo.runtime.http import bearer
 
 FINAL = {"DELIVERED", "CANCELLED", "REJECTED"}
 T = TypeVar("T")
+# Most units one order line may ask for (POST /orders): larger quantities are spread over lines.
+MAX_LINE = 10_000
+# How long a test waits for the tests that use its SKU (a 100-order race runs for minutes).
+LOCK_TIMEOUT = 600
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +37,69 @@ def stack(same_settings_as_running_stack: Settings) -> Settings:
     return settings
 
 
+class SkuLocks:
+    """Locks on SKUs, shared by every test run against one stack (several pytest processes may
+    run at once, and the stack has served any number of orders before).
+
+    A test that compares a SKU's books before and after (on hand, reserved, waiting) owns the
+    SKU: an exclusive lock, held until the test ends. Every order and receipt made through Api
+    takes its SKUs' locks shared, also until the test ends, so no other test's orders move the
+    books an owner compares. An owner orders only what it owns and takes its lock before any
+    other, so two tests never wait for each other in a circle. CABLE is never owned: the
+    browser tests order it through a client of their own."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.held: dict[str, tuple[IO[bytes], int]] = {}
+
+    async def own(self, sku: str) -> None:
+        """This test alone changes sku from now on (waits for the tests using it to end)."""
+        assert not self.held, f"a test owns a SKU before it orders anything; it holds {sorted(self.held)}"
+        assert sku != "CABLE", "CABLE is ordered by tests that take no lock: own another SKU"
+        await self._take(sku, fcntl.LOCK_EX)
+
+    async def share(self, skus: Iterable[str]) -> None:
+        """This test changes these SKUs; no owner of one compares its books meanwhile."""
+        owned = {sku for sku, (_, mode) in self.held.items() if mode == fcntl.LOCK_EX}
+        for sku in sorted(set(skus)):
+            if owned:
+                assert sku in owned, f"a test owning {sorted(owned)} orders only those, not {sku}"
+            elif sku not in self.held:
+                await self._take(sku, fcntl.LOCK_SH)
+
+    async def _take(self, sku: str, mode: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = open(self.folder / f"{sku}.lock", "ab")  # noqa: SIM115 (held until release())
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(file, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    file.close()
+                    raise AssertionError(f"{sku} stayed in use by other tests for {LOCK_TIMEOUT}s") from None
+                await asyncio.sleep(0.25)
+        self.held[sku] = (file, mode)
+
+    def release(self) -> None:
+        for file, _ in self.held.values():
+            file.close()  # closing the file drops its lock
+        self.held.clear()
+
+
+def lines(sku: str, quantity: int) -> list[tuple[str, int]]:
+    """quantity units of sku as order lines of at most MAX_LINE units each."""
+    return [(sku, min(MAX_LINE, quantity - start)) for start in range(0, quantity, MAX_LINE)]
+
+
 class Api:
     """The public HTTP APIs of the order and warehouse services (and a peek at the others)."""
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
         self.s = settings
         self.http = session
+        self.locks = SkuLocks(settings.run_dir / "e2e-locks")
         host = settings.host
         self.orders = f"http://{host}:{settings.web_ports['order']}"
         self.warehouse = f"http://{host}:{settings.web_ports['warehouse']}"
@@ -51,6 +114,7 @@ class Api:
     async def place(self, items: list[tuple[str, int]], address: str = "Main Street 1, Bern", **kw: Any) -> dict:
         body = {"customer_id": "e2e", "delivery_address": address,
                 "items": [{"sku": s, "quantity": q} for s, q in items]}
+        await self.locks.share(sku for sku, _ in items)
         status, reply = await self.call("POST", f"{self.orders}/orders", json=body, **kw)
         assert status == 201, reply
         return reply
@@ -68,6 +132,7 @@ class Api:
         return reply
 
     async def receive(self, sku: str, quantity: int) -> None:
+        await self.locks.share([sku])
         status, reply = await self.call("POST", f"{self.warehouse}/stock/{sku}/receipts", json={"quantity": quantity})
         assert status == 202, reply
 
@@ -107,6 +172,25 @@ class Api:
             line["pending"] == 0 and line["current_qty"] == 0 for line in lines), timeout,
             f"the factory to finish its {sku} batches")
 
+    async def own(self, sku: str) -> dict:
+        """Take sku to this test alone (SkuLocks.own) and return its stock once what earlier tests
+        left moving has settled: no factory batch of it, no order waiting, the same stock twice."""
+        await self.locks.own(sku)
+        await self.factory_idle(sku)
+
+        async def two_looks() -> tuple[dict, dict]:
+            first = await self.stock(sku)
+            await asyncio.sleep(1)
+            return first, await self.stock(sku)
+
+        settled = await eventually(two_looks, lambda looks: looks[0] == looks[1] and looks[1]["waiting"] == 0, 120,
+                                   f"the {sku} stock to settle")
+        return settled[1]
+
+    async def stock_to_change(self, sku: str, before: dict, what: str, timeout: float = 30) -> dict:
+        """The SKU's stock once it differs from before (a receipt or shipment is booked asynchronously)."""
+        return await eventually(lambda: self.stock(sku), lambda s: s != before, timeout, what)
+
     async def wait_final(self, order_id: str, timeout: float = 120) -> dict:
         await eventually(lambda: self.order(order_id, process=False), lambda o: o["status"] in FINAL, timeout,
                          f"order {order_id} to reach a final status")
@@ -129,7 +213,11 @@ async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
 @pytest.fixture
 async def api(stack: Settings) -> Api:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=bearer(stack.api_token)) as session:
-        yield Api(stack, session)
+        api = Api(stack, session)
+        try:
+            yield api
+        finally:
+            api.locks.release()
 
 
 @pytest.fixture
