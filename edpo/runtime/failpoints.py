@@ -65,7 +65,8 @@ def parse(spec: str, service: str) -> dict[str, int | range | Drop]:
         nth, plus, many = when.partition("+")
         counted = not at or _positive(nth)
         if point not in POINTS or verb not in ("kill", "fail", "drop") or not counted \
-                or (plus and not _positive(many)) or (verb == "kill" and plus) or (verb == "drop" and point != DROP_POINT):
+                or (plus and not _positive(many)) or (verb == "kill" and plus) \
+                or (verb == "drop" and point != DROP_POINT):
             raise FailpointError(f"bad failpoint {item!r}: expected <service>.<{'|'.join(POINTS)}>=kill[@n] or "
                                  f"=fail[@n[+k]], or <service>.{DROP_POINT}=drop[@n[+k]], n, k >= 1")
         if svc == service:
