@@ -6,7 +6,7 @@ import asyncio
 import fcntl
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -187,10 +187,6 @@ class Api:
                                    f"the {sku} stock to settle")
         return settled[1]
 
-    async def stock_to_change(self, sku: str, before: dict, what: str, timeout: float = 30) -> dict:
-        """The SKU's stock once it differs from before (a receipt or shipment is booked asynchronously)."""
-        return await eventually(lambda: self.stock(sku), lambda s: s != before, timeout, what)
-
     async def wait_final(self, order_id: str, timeout: float = 120) -> dict:
         await eventually(lambda: self.order(order_id, process=False), lambda o: o["status"] in FINAL, timeout,
                          f"order {order_id} to reach a final status")
@@ -211,8 +207,10 @@ async def eventually(fetch: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
 
 
 @pytest.fixture
-async def api(stack: Settings) -> Api:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=bearer(stack.api_token)) as session:
+async def api(stack: Settings) -> AsyncIterator[Api]:
+    """The stack's APIs for one test; the SKU locks it took are let go when it ends."""
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout, headers=bearer(stack.api_token)) as session:
         api = Api(stack, session)
         try:
             yield api
