@@ -112,30 +112,27 @@ async def relay_once(pool: asyncpg.Pool, send: Send, command_timeout: float, com
         return len(rows)
 
 
-async def outbox_report(pool: asyncpg.Pool, command_attempts: int = 5) -> dict[str, Any]:
-    """For /health: commands still unanswered after command_attempts sends (resent at the
-    cap meanwhile), commands being resent, messages not sent yet, the oldest open row's age."""
-    row = await pool.fetchrow(
-        "SELECT count(*) FILTER (WHERE is_command AND attempts >= $1) AS unanswered,"
-        " count(*) FILTER (WHERE is_command AND attempts > 1) AS resending,"
-        " count(*) FILTER (WHERE attempts = 0) AS unsent,"
-        " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_seconds"
-        " FROM outbox WHERE acked_at IS NULL", command_attempts)
-    return {"commands_unanswered": row["unanswered"], "commands_resending": row["resending"],
-            "unsent": row["unsent"], "oldest_seconds": round(float(row["oldest_seconds"]), 1)}
-
-
 async def outbox_backlog(pool: asyncpg.Pool, command_attempts: int = 5) -> dict[str, float]:
-    """For /metrics: open rows never sent (unsent), commands sent and not acknowledged
-    (awaiting_ack), of them those sent command_attempts times (unanswered), the oldest's age
-    in seconds; from the partial index on open rows."""
+    """What the outbox still has to do, from the partial index on open rows: rows never sent
+    (unsent), commands sent and not acknowledged (awaiting_ack), sent more than once (resending),
+    sent command_attempts times or more (unanswered: resent at the cap meanwhile), and the age
+    of the oldest open row in seconds (oldest)."""
     row = await pool.fetchrow(
         "SELECT count(*) FILTER (WHERE attempts = 0) AS unsent,"
         " count(*) FILTER (WHERE is_command AND attempts > 0) AS awaiting_ack,"
+        " count(*) FILTER (WHERE is_command AND attempts > 1) AS resending,"
         " count(*) FILTER (WHERE is_command AND attempts >= $1) AS unanswered,"
         " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest"
         " FROM outbox WHERE acked_at IS NULL", command_attempts)
-    return {k: float(row[k]) for k in ("unsent", "awaiting_ack", "unanswered", "oldest")}
+    return {k: float(v) for k, v in row.items()}
+
+
+async def outbox_report(pool: asyncpg.Pool, command_attempts: int = 5) -> dict[str, Any]:
+    """For /health: commands still unanswered after command_attempts sends, commands being
+    resent, messages not sent yet, the oldest open row's age."""
+    b = await outbox_backlog(pool, command_attempts)
+    return {"commands_unanswered": int(b["unanswered"]), "commands_resending": int(b["resending"]),
+            "unsent": int(b["unsent"]), "oldest_seconds": round(b["oldest"], 1)}
 
 
 async def prune_outbox(conn: asyncpg.Connection, older_than: float) -> int:
