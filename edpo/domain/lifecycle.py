@@ -14,6 +14,7 @@ from edpo.models import (
     DeliveryFailed,
     DeliveryStarted,
     GoodsPacked,
+    Message,
     OrderAccepted,
     OrderCancelled,
     OrderRejected,
@@ -87,30 +88,26 @@ def rank(status: str, attempt: int = 0) -> int:
         raise ValueError(f"unknown order status {status!r}") from None
 
 
+# The status each event puts an order in; SHIPPED and DELIVERY_FAILED rank by the event's attempt.
+STATUS_OF: dict[type[Message], str] = {
+    OrderAccepted: ACCEPTED,
+    OrderRejected: REJECTED,
+    StockPartiallyReserved: AWAITING_STOCK,
+    StockReserved: RESERVED,
+    GoodsPacked: PACKED,
+    DeliveryStarted: SHIPPED,
+    DeliveryFailed: DELIVERY_FAILED,
+    DeliveryCompleted: DELIVERED,
+    OrderCancelled: CANCELLED,
+}
+
+
 def status_for(event: object) -> tuple[str, int] | None:
     """The status an event puts the order in, with its rank; None for events that do not."""
-    match event:
-        case OrderAccepted():
-            status, attempt = ACCEPTED, 0
-        case OrderRejected():
-            status, attempt = REJECTED, 0
-        case StockPartiallyReserved():
-            status, attempt = AWAITING_STOCK, 0
-        case StockReserved():
-            status, attempt = RESERVED, 0
-        case GoodsPacked():
-            status, attempt = PACKED, 0
-        case DeliveryStarted(attempt=n):
-            status, attempt = SHIPPED, n
-        case DeliveryFailed(attempt=n):
-            status, attempt = DELIVERY_FAILED, n
-        case DeliveryCompleted():
-            status, attempt = DELIVERED, 0
-        case OrderCancelled():
-            status, attempt = CANCELLED, 0
-        case _:
-            return None
-    return status, rank(status, attempt)
+    status = STATUS_OF.get(type(event))
+    if status is None:
+        return None
+    return status, rank(status, getattr(event, "attempt", 0))
 
 
 def advances(current_rank: int, new_rank: int) -> bool:

@@ -23,6 +23,7 @@ from edpo.camunda.engine import Engine
 from edpo.camunda.worker import TaskHandler, TaskWorker
 from edpo.config import Settings
 from edpo.logs import logging_config
+from edpo.models import Message
 from edpo.models.api import Health
 from edpo.runtime.consume import TRANSIENT, Handler, consume
 from edpo.runtime.failpoints import Failpoints
@@ -226,8 +227,10 @@ class ServiceApp(faust.App):
     def struct_table(self, name: str, type_: type[T], *, help: str) -> StructTable[T]:
         return StructTable(self, name, type_, help=help, failpoints=self.failpoints)
 
-    def agent_over(self, name: str, handle: Handler, *specs: TopicSpec) -> None:
-        """An agent over specs that hands every decoded message to handle (see runtime.consume)."""
+    def agent_over(self, name: str, handlers: Mapping[type[Message], Handler] | Handler, *specs: TopicSpec) -> None:
+        """An agent over specs that hands every decoded message to its type's handler (see
+        runtime.consume); a type not in the map is skipped without a handler call."""
+        handle = _dispatch(handlers) if isinstance(handlers, Mapping) else handlers
         guarded = self.failpoints.before_handle(handle)  # handle itself unless EDPO_FAILPOINTS arms before_handle
 
         async def agent(stream: faust.StreamT) -> None:
@@ -253,6 +256,19 @@ class ServiceApp(faust.App):
         guarded.__name__ = guarded.__qualname__ = tick.__name__
         guarded.__doc__ = tick.__doc__
         self.timer(interval=interval, name=f"{self.service_name}.{tick.__name__}")(guarded)
+
+
+def _dispatch(handlers: Mapping[type[Message], Handler]) -> Handler:
+    """One handler over a {message type: handler} map; a message of another type is not handled."""
+    routes = dict(handlers)
+
+    async def handle(msg: Message) -> None:
+        chosen = routes.get(type(msg))
+        if chosen is not None:
+            await chosen(msg)
+
+    handle.__doc__ = next(iter(routes.values())).__doc__ if routes else None
+    return handle
 
 
 def readiness_gaps(*, recovered: bool, rebalancing: bool, checks: Mapping[str, bool]) -> list[str]:

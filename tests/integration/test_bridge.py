@@ -13,7 +13,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from edpo.agents.order.bridge import ProcessBridge, record, start_row_id
+from edpo.agents.order.bridge import ProcessBridge
+from edpo.agents.order.inbox import record, start_row_id
 from edpo.agents.order.migrate import migrate
 from edpo.camunda.engine import Engine
 from edpo.config import Settings

@@ -18,13 +18,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from edpo.agents.order.bridge import (
-    MAX_PENDING,
-    ProcessBridge,
-    effect_mark,
-    record,
-    start_row_id,
-)
+from edpo.agents.order.bridge import MAX_PENDING, ProcessBridge, effect_mark
+from edpo.agents.order.inbox import record, start_row_id
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from edpo.models import (
@@ -412,7 +407,7 @@ async def test_news_for_a_final_order_whose_instance_ended_is_done_not_dead_lett
 ) -> None:
     """A courier's outcome racing a cancellation, or a cancellation of an order the warehouse
     rejected: nothing waits for it any more and nothing is lost, so no dead letter."""
-    from edpo.agents.order.bridge import cancel_row_id, record_cancel
+    from edpo.agents.order.inbox import cancel_row_id, record_cancel
 
     order_id = _order_id()
     bridge = _bridge(servers, pool, process)

@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from edpo.agents.order.outbox import enqueue
-from edpo.agents.order.store import OrderStore, due_outbox, mark_sent
+from edpo.agents.order.outbox import due_outbox, enqueue, mark_sent, outbox_report, relay_once
+from edpo.agents.order.store import OrderStore
 from edpo.config import Settings
 from edpo.models import AcceptOrder, Line, OrderStatusChanged
 from edpo.runtime.retry import OUTBOX_CAP
@@ -66,7 +66,7 @@ async def test_an_unanswered_command_is_reported_after_attempts_sends_and_still_
         await enqueue(conn, event)
 
     count = Counts()
-    caplog.set_level(logging.WARNING, logger="edpo.agents.order.store")
+    caplog.set_level(logging.WARNING, logger="edpo.agents.order.outbox")
 
     # Send 1: the event is done; the command waits for its ack. Nothing is reported.
     assert sorted(await _send_round(pool, 10.0, 3, count)) == sorted([command.id, event.id])
@@ -128,19 +128,19 @@ async def test_relay_once_passes_attempts_and_the_counter_on(store: OrderStore) 
         return done
 
     count = Counts()
-    assert await store.relay_once(send, 5.0, 2, after_send=lambda: after.append(True), count=count) == 1
+    assert await relay_once(pool, send, 5.0, 2, after_send=lambda: after.append(True), count=count) == 1
     spec, key = route(command)
     assert sent == [(spec.name, key)] and key == "o-1", sent
     assert after == [True]
     assert count.calls == [("outbox_command_unanswered", 1)]
-    assert await store.relay_once(send, 5.0, 2, count=count) == 0, "not due again before its backoff"
+    assert await relay_once(pool, send, 5.0, 2, count=count) == 0, "not due again before its backoff"
 
 
 async def test_outbox_report_counts_resent_commands_unsent_rows_and_the_oldest_unacked(store: OrderStore) -> None:
-    assert await store.outbox_report() == {"commands_unanswered": 0, "commands_resending": 0, "unsent": 0,
-                                           "oldest_seconds": 0.0}
-
     pool = await store.pool()
+    assert await outbox_report(pool) == {"commands_unanswered": 0, "commands_resending": 0, "unsent": 0,
+                                         "oldest_seconds": 0.0}
+
     fresh, once, resent, acked = _command("a"), _command("b"), _command("c"), _command("d")
     unsent_event = OrderStatusChanged(source="test", order_id="e", status="ACCEPTED")
     sent_event = OrderStatusChanged(source="test", order_id="f", status="ACCEPTED")
@@ -160,11 +160,11 @@ async def test_outbox_report_counts_resent_commands_unsent_rows_and_the_oldest_u
 
     # Unanswered: sent command_attempts times or more (and still resent at the cap), as mark_sent
     # reports it; resending: sent more than once. The resent command has 4 sends, the other one 1.
-    report = await store.outbox_report(4)
+    report = await outbox_report(pool, 4)
     assert report["commands_unanswered"] == 1, report  # only the resent command, at the limit
     assert report["commands_resending"] == 1, report  # only the resent command
     assert report["unsent"] == 2, report  # the fresh command and the unsent event
     assert 99.0 <= report["oldest_seconds"] <= 160.0, report
-    below = await store.outbox_report(5)
+    below = await outbox_report(pool, 5)
     assert (below["commands_unanswered"], below["commands_resending"]) == (0, 1), below
-    assert (await store.outbox_report(1))["commands_unanswered"] == 2, "every sent, unacknowledged command"
+    assert (await outbox_report(pool, 1))["commands_unanswered"] == 2, "every sent, unacknowledged command"

@@ -19,7 +19,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from edpo.agents.order.bridge import ProcessBridge, record, start_row_id
+from edpo.agents.order.bridge import ProcessBridge
+from edpo.agents.order.inbox import record, start_row_id
 from edpo.agents.order.reconcile import Reconciler
 from edpo.camunda.engine import Engine
 from edpo.config import Settings

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from camunda.external_task.external_task import ExternalTask
@@ -72,7 +73,7 @@ class FakeCommands:
 
 
 class FakeOrderStore:
-    """The part of `OrderStore` the order handlers use, with canned results."""
+    """An order `Store` (what the order handlers and the REST API use) with canned results."""
 
     def __init__(self, *, status: str | None = None, queued: bool = False, created: bool = True) -> None:
         self.status, self.queued, self.created = status, queued, created
@@ -91,6 +92,17 @@ class FakeOrderStore:
     async def cancel(self, order_id: str, reason: str, source: str) -> bool:
         self.cancelled.append((order_id, reason, source))
         return True
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        return {"order_id": order_id} if order_id == "o-1" else None
+
+    async def find(self, status: str | None, limit: int,
+                   after: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        return [{"order_id": "o-1"}], None
+
+    async def request_cancel(self, order_id: str, reason: str) -> tuple[str, dict[str, Any] | None]:
+        self.cancelled.append((order_id, reason, "customer"))
+        return ("accepted", {"order_id": order_id}) if order_id == "o-1" else ("unknown", None)
 
 
 def _typed(value: Any) -> dict[str, Any]:

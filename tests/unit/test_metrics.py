@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edpo.agents.delivery import watch_deliveries
 from edpo.agents.factory import watch_production
-from edpo.agents.order import watch_orders
+from edpo.agents.order.web import watch_orders
 from edpo.agents.order.store import OrderStore
 from edpo.agents.warehouse import watch_stock
 from edpo.camunda.worker import TaskWorker
@@ -312,8 +312,9 @@ class FakePool:
     async def fetchrow(self, query: str, *args: Any) -> dict[str, Any]:
         if self.down:
             raise ConnectionRefusedError("PostgreSQL is away")
-        return {"unsent": 2, "awaiting_ack": 1, "unanswered": 0, "oldest": 1.5, "waiting": 4, "held": 1,
-                "inbox_oldest": 0.5}
+        if "FROM process_inbox" in query:
+            return {"waiting": 4, "held": 1, "oldest": 0.5}
+        return {"unsent": 2, "awaiting_ack": 1, "unanswered": 0, "oldest": 1.5}
 
 
 async def test_order_gauges_show_every_status_and_the_backlog_and_go_quiet_while_the_database_is_away() -> None:

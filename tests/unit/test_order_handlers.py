@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import pytest
 
-from edpo.agents.order import Orders
-from edpo.agents.order.store import OrderStore
+from edpo.agents.order.handlers import LIFECYCLE_TOPICS, Orders
 from edpo.domain.order import NewOrder
 from edpo.models import (
     DeliveryAccepted,
     DeliveryCompleted,
+    DeliveryFailed,
+    DeliveryRejected,
+    DeliveryStarted,
+    DeliveryWithdrawn,
     GoodsPacked,
     GoodsPicked,
     GoodsShipped,
     Line,
-    LineReserved,
     Message,
     OrderAccepted,
+    OrderRejected,
+    PackingRejected,
+    ReservationAccepted,
+    StockPartiallyReserved,
+    StockReleased,
     StockReserved,
 )
 from tests.unit.fakes import FakeOrderStore, external_task
@@ -27,7 +32,7 @@ ORDER = "o-1"
 
 
 def orders_over(store: FakeOrderStore) -> Orders:
-    return Orders(cast(OrderStore, store))
+    return Orders(store)
 
 
 def woken(orders: Orders) -> tuple[bool, bool]:
@@ -35,18 +40,19 @@ def woken(orders: Orders) -> tuple[bool, bool]:
     return orders.relay_wake.is_set(), orders.bridge_wake.is_set()
 
 
-@pytest.mark.parametrize("msg", [
-    GoodsPicked(order_id=ORDER),
-    GoodsShipped(order_id=ORDER),
-    DeliveryAccepted(order_id=ORDER, attempt=1),
-    LineReserved(order_id=ORDER, sku="A", requested=1, reserved=1),
-], ids=lambda m: m.type)
-async def test_events_nobody_records_make_no_store_call(msg: Message) -> None:
-    store = FakeOrderStore(status="X", queued=True)
-    orders = orders_over(store)
-    await orders.on_event(msg)
-    assert store.recorded == []
-    assert woken(orders) == (False, False)
+def test_the_lifecycle_agent_has_no_handler_for_events_nobody_records() -> None:
+    read = {t for spec in LIFECYCLE_TOPICS for t in spec.types}
+    unhandled = read - set(orders_over(FakeOrderStore()).handlers())
+    assert unhandled == {GoodsPicked, PackingRejected, StockReleased, GoodsShipped, ReservationAccepted,
+                         DeliveryAccepted, DeliveryRejected, DeliveryWithdrawn}
+
+
+def test_the_lifecycle_agents_map_is_every_event_that_moves_an_order_or_its_process() -> None:
+    orders = orders_over(FakeOrderStore())
+    handlers = orders.handlers()
+    assert set(handlers) == {OrderAccepted, OrderRejected, StockPartiallyReserved, StockReserved, GoodsPacked,
+                             DeliveryStarted, DeliveryFailed, DeliveryCompleted}
+    assert all(handler == orders.on_event for handler in handlers.values())
 
 
 @pytest.mark.parametrize("msg", [
@@ -57,7 +63,7 @@ async def test_events_nobody_records_make_no_store_call(msg: Message) -> None:
 ], ids=lambda m: m.type)
 async def test_recorded_events_go_to_the_store(msg: Message) -> None:
     store = FakeOrderStore()
-    await orders_over(store).on_event(msg)
+    await orders_over(store).handlers()[type(msg)](msg)
     assert store.recorded == [msg]
 
 
@@ -92,3 +98,11 @@ async def test_cancel_order_task_cancels_in_the_store_and_completes() -> None:
     assert [(order_id, source) for order_id, _, source in store.cancelled] == [(ORDER, "order")]
     assert result.is_success()
     assert woken(orders) == (True, False)
+
+
+@pytest.mark.parametrize(("order_id", "outcome", "bridge"),
+                         [(ORDER, "accepted", True), ("o-unknown", "unknown", False)])
+async def test_an_accepted_cancellation_wakes_the_bridge_only(order_id: str, outcome: str, bridge: bool) -> None:
+    orders = orders_over(FakeOrderStore())
+    assert (await orders.request_cancel(order_id))[0] == outcome
+    assert woken(orders) == (False, bridge)

@@ -1,13 +1,12 @@
-"""The bridge from Kafka events to the order process: starts instances and correlates messages.
+"""The bridge from the process inbox to the order process: starts instances and correlates messages.
 
-Events are written to the `process_inbox` table in the same transaction as the order's
-status change, then correlated by a loop. Correlation is retried while no instance waits
-for the message yet (an event that arrives early is not lost); the event id is the primary
-key, so a duplicate event is stored once and correlated at most once. An order has one
-start row (`start:<order id>`), however many OrderAccepted arrive and however many order
-workers run: the row is locked while it is worked on, so one instance is started per order.
-A message that no longer fits (its instance has ended, or none waited for it for an hour)
-is dead-lettered with the reason, never dropped; `edpo dlq replay` brings it back.
+It talks to the engine only; its rows come from and go back to the inbox (inbox.py, which
+explains how events get there). Correlation is retried while no instance waits for the message
+yet (an event that arrives early is not lost); a row is correlated at most once. An order's
+start row is locked while it is worked on, so one instance is started per order, however many
+OrderAccepted arrive and however many order workers run. A message that no longer fits (its
+instance has ended, or none waited for it for an hour) is dead-lettered with the reason, never
+dropped; `edpo dlq replay` brings it back.
 
 An order's events reach its process in the order they came: a row whose correlation failed
 for a technical reason (the engine erred or was away) is `held`, and the later rows of its
@@ -27,24 +26,14 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from edpo.agents.order.inbox import DEAD, START, due_inbox, hurry_order, settle
 from edpo.agents.order.outbox import enqueue
+from edpo.agents.order.store import final_status
 from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, EngineError
 from edpo.config import Settings
 from edpo.logs import OutageLog
-from edpo.models import (
-    DeadLetter,
-    DeliveryCompleted,
-    DeliveryEvent,
-    DeliveryFailed,
-    Message,
-    OrderAccepted,
-    OrderEvent,
-    StockPartiallyReserved,
-    StockReserved,
-    WarehouseEvent,
-    encode,
-)
+from edpo.models import DeadLetter, DeliveryEvent, Message, OrderEvent, WarehouseEvent
 from edpo.runtime.consume import server_away
 from edpo.runtime.failpoints import NONE, Failpoints
 from edpo.runtime.retry import CORRELATION
@@ -52,11 +41,11 @@ from edpo.topics import route
 
 logger = logging.getLogger(__name__)
 
-START = "start"  # the inbox row that starts the order's process instance
-DEAD = "dead"  # an inbox row given up on: dead-lettered with its reason
-CANCEL_REQUESTED = "CancelRequested"  # the message a customer's cancellation is correlated as
+MAX_PENDING = timedelta(hours=1)  # how long an event may wait for its process before it is dead-lettered
 NOT_STARTED = "the order's process has not started yet"
 NOT_STARTED_RETRY = 0.25  # seconds between tries of an event whose process has not started
+
+_event_decoder = msgspec.json.Decoder(OrderEvent | WarehouseEvent | DeliveryEvent)
 
 
 def effect_mark(row: asyncpg.Record) -> str:
@@ -65,85 +54,8 @@ def effect_mark(row: asyncpg.Record) -> str:
     return f"edpo_event_{row['message_name']}" + (f"_{attempt}" if attempt is not None else "")
 
 
-def start_row_id(order_id: str) -> str:
-    """The one inbox row that starts an order's process instance."""
-    return f"start:{order_id}"
-
-
-def cancel_row_id(order_id: str) -> str:
-    """The one inbox row that tells the order's process instance the customer cancelled."""
-    return f"cancel:{order_id}"
-
-
-def _no_vars(_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    return {}, {}
-
-
-# Message name (= event type) -> (process variables to set, correlation keys to match).
-CORRELATIONS: dict[type[Message], Callable[[Any], tuple[dict[str, Any], dict[str, Any]]]] = {
-    # The units the order lacked at first: if the process never heard the partial, the factory
-    # still has to replace them (the process checks replenish_after_all).
-    StockReserved: lambda e: ({"replenish_after_all": bool(e.short),
-                               **({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.short]}
-                                  if e.short else {})}, {}),
-    StockPartiallyReserved: lambda e: ({"missing": [{"sku": l.sku, "quantity": l.quantity} for l in e.missing],
-                                        "missing_summary": ", ".join(f"{l.quantity} x {l.sku}" for l in e.missing)},
-                                       {}),
-    # The attempt number keeps a stale duplicate of an earlier attempt from matching a later wait.
-    DeliveryCompleted: lambda e: ({}, {"delivery_attempt": e.attempt}),
-    DeliveryFailed: lambda e: ({"delivery_failure": e.reason}, {"delivery_attempt": e.attempt}),
-}
-
-# How long an event may wait for its process before it is given up (dead-lettered).
-MAX_PENDING = timedelta(hours=1)
-
-_event_decoder = msgspec.json.Decoder(OrderEvent | WarehouseEvent | DeliveryEvent)
-
-
 def decode_event(raw: bytes) -> Message:
     return _event_decoder.decode(raw)
-
-
-def wanted(msg: Message) -> bool:
-    """Does the process start on, or wait for, this event?"""
-    return isinstance(msg, OrderAccepted) or type(msg) in CORRELATIONS
-
-
-async def record(conn: asyncpg.Connection, msg: Message, history: str = "") -> bool:
-    """Put an event the process cares about into the inbox (inside the caller's transaction).
-
-    A duplicate is stored once; the same event arriving again after it was dead-lettered (a
-    replay) makes the row pending again. `history` (the order's status history as text) goes
-    along as the process variable order_history, which the dispatchers' task forms show."""
-    order_id: str = msg.order_id  # type: ignore[attr-defined]
-    if isinstance(msg, OrderAccepted):
-        row_id, name, values, keys = start_row_id(order_id), START, {}, {}
-    elif wanted(msg):
-        row_id, name = msg.id, msg.type
-        values, keys = CORRELATIONS[type(msg)](msg)
-    else:
-        return False
-    if history:
-        values = {**values, "order_history": history}
-    status = await conn.execute(
-        "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation, payload)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO UPDATE"
-        " SET state = 'pending', attempts = 0, next_try_at = now(), done_at = NULL, last_error = NULL"
-        " WHERE process_inbox.state = 'dead'",
-        row_id, order_id, name, json.dumps(values), json.dumps(keys), encode(msg).decode(),
-    )
-    return status.endswith("1")
-
-
-async def record_cancel(conn: asyncpg.Connection, order_id: str, reason: str, history: str) -> None:
-    """A customer's cancellation for the process (inside the caller's transaction): one row per
-    order, correlated as the message CancelRequested that interrupts the instance."""
-    await conn.execute(
-        "INSERT INTO process_inbox (event_id, order_id, message_name, variables, correlation)"
-        " VALUES ($1, $2, $3, $4, '{}') ON CONFLICT (event_id) DO NOTHING",
-        cancel_row_id(order_id), order_id, CANCEL_REQUESTED,
-        json.dumps({"cancel_reason": reason, "order_history": history}),
-    )
 
 
 def dead_letter_of(row: asyncpg.Record, reason: str) -> DeadLetter:
@@ -201,15 +113,7 @@ class ProcessBridge:
 
     async def work_once(self, limit: int = 64) -> bool:
         async with self.pool.acquire() as conn, conn.transaction():
-            # An event never overtakes an older one of its order that is held (its correlation
-            # failed for a technical reason): the process must hear them in the order they came.
-            rows = await conn.fetch(
-                "SELECT * FROM process_inbox i WHERE state = 'pending' AND next_try_at <= now()"
-                " AND NOT EXISTS (SELECT 1 FROM process_inbox o WHERE o.order_id = i.order_id"
-                " AND o.state = 'pending' AND o.held AND o.received_at < i.received_at)"
-                " ORDER BY received_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-                limit,
-            )
+            rows = await due_inbox(conn, limit)
             if not rows:
                 return False
             # Rows of one order go in sequence (start before messages); orders in parallel.
@@ -226,20 +130,11 @@ class ProcessBridge:
                         logger.error("inbox row %s (%s for order %s) dead-lettered: %s", args[0],
                                      rows_by_id[args[0]]["message_name"], rows_by_id[args[0]]["order_id"], args[2])
                         await enqueue(conn, letter)
-                    await conn.execute(
-                        "UPDATE process_inbox SET state = $2, attempts = attempts + 1, last_error = $3,"
-                        " next_try_at = now() + make_interval(secs => $4), held = $5,"
-                        " done_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END WHERE event_id = $1",
-                        *args,
-                    )
+                    await settle(conn, *args)
                     row = rows_by_id[args[0]]
                     if row["message_name"] == START and args[1] == "correlated":
-                        # The process runs now: its order's waiting events are due at once (rows
-                        # another bridge is working on are left to it).
-                        await conn.execute(
-                            "UPDATE process_inbox SET next_try_at = now() WHERE event_id IN (SELECT event_id"
-                            " FROM process_inbox WHERE order_id = $1 AND state = 'pending' AND event_id <> $2"
-                            " FOR UPDATE SKIP LOCKED)", row["order_id"], row["event_id"])
+                        # The process runs now: its order's waiting events are due at once.
+                        await hurry_order(conn, row["order_id"], row["event_id"])
                         self.wake.set()
             return len(rows) == limit
 
@@ -306,18 +201,14 @@ class ProcessBridge:
             # The correlation took effect but its answer was lost (engine or worker died in
             # between): done, not a dead letter.
             return "correlated", "took effect before (the instance carries its mark)"
-        final = await self.pool.fetchval(
-            "SELECT status FROM orders WHERE order_id = $1 AND status IN ('DELIVERED', 'CANCELLED', 'REJECTED')",
-            order_id)
+        final = await final_status(self.pool, order_id)
         if final and all(h["state"] != "ACTIVE" for h in history):
             # The order is over (a cancellation raced the courier, or the warehouse rejected the
             # order before anyone cancelled it): nothing waits for this any more, and nothing is lost.
             return "correlated", f"{row['message_name']}: the order is {final} and its process has ended"
         if history and all(h["state"] != "ACTIVE" for h in history):
             return DEAD, f"{row['message_name']}: the order's process instance has ended"
-        received = row["received_at"]
-        age = await self.pool.fetchval("SELECT now() - $1::timestamptz", received)
-        if age > MAX_PENDING:
+        if row["waited"] > MAX_PENDING:
             return DEAD, f"{row['message_name']}: no process instance waited for it within {MAX_PENDING}"
         if not history:
             return "pending", NOT_STARTED

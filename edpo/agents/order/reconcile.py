@@ -17,7 +17,6 @@ Each repair is idempotent; each finding is logged and counted (`/health` -> coun
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -26,16 +25,15 @@ from typing import Any
 
 import asyncpg
 
-from edpo.agents.order.bridge import CANCEL_REQUESTED, START, start_row_id
-from edpo.agents.order.outbox import enqueue
+from edpo.agents.order.inbox import CANCEL_REQUESTED, prune_inbox, reopen_awaited, request_start
+from edpo.agents.order.outbox import enqueue, prune_outbox
+from edpo.agents.order.store import final_orders, order_lines, quiet_open_orders, trace_of
 from edpo.camunda.engine import Engine
-from edpo.domain.lifecycle import CANCELLED, DELIVERED, PLACED, REJECTED
 from edpo.models import FinishDelivery, Line, Message, ReserveStock
 
 logger = logging.getLogger(__name__)
 SOURCE = "order-reconciler"
 
-FINAL = [DELIVERED, CANCELLED, REJECTED]
 # At most this many quiet open orders are examined per round.
 BATCH = 200
 _START = (datetime.min.replace(tzinfo=UTC), "")
@@ -97,12 +95,7 @@ class Reconciler:
     async def _close_instances_of_final_orders(self, running: dict[str, list[str]], found: Counter[str]) -> None:
         if not running:
             return
-        rows = await self.pool.fetch(
-            "SELECT order_id, status FROM orders WHERE order_id = ANY($1) AND status = ANY($2)"
-            " AND updated_at < now() - make_interval(secs => $3)",
-            list(running), FINAL, self.grace,
-        )
-        for row in rows:
+        for row in await final_orders(self.pool, list(running), self.grace):
             for instance_id in running.pop(row["order_id"]):
                 logger.error("order %s is %s but its process instance %s still runs: ended", row["order_id"],
                              row["status"], instance_id)
@@ -112,12 +105,7 @@ class Reconciler:
     async def _repair_open_orders(self, running: dict[str, list[str]], found: Counter[str]) -> None:
         # A cursor walks through the quiet open orders BATCH at a time, so orders that stay open
         # for long (waiting for stock) do not keep newer ones from being looked at.
-        rows = await self.pool.fetch(
-            "SELECT order_id, status, updated_at FROM orders WHERE status <> ALL($1) AND status <> $2"
-            " AND updated_at < now() - make_interval(secs => $3) AND (updated_at, order_id) > ($4, $5)"
-            " ORDER BY updated_at, order_id LIMIT $6",
-            FINAL, PLACED, self.grace, *self._cursor, BATCH,
-        )
+        rows = await quiet_open_orders(self.pool, self.grace, self._cursor, BATCH)
         self._cursor = (rows[-1]["updated_at"], rows[-1]["order_id"]) if len(rows) == BATCH else _START
         for row in rows:
             order_id = row["order_id"]
@@ -141,12 +129,7 @@ class Reconciler:
             logger.error("order %s is %s but its process instance has ended", order_id, status)
             found["ended_instance_open_order"] += 1
             return
-        await self.pool.execute(
-            "INSERT INTO process_inbox (event_id, order_id, message_name, last_error)"
-            " VALUES ($1, $2, $3, 'reconciliation: no process instance') ON CONFLICT (event_id) DO UPDATE SET state = 'pending', attempts = 0, next_try_at = now(),"
-            " done_at = NULL, last_error = 'reconciliation: no process instance'",
-            start_row_id(order_id), order_id, START,
-        )
+        await request_start(self.pool, order_id, "reconciliation: no process instance")
         logger.error("order %s is %s without a process instance: starting one", order_id, status)
         found["missing_instance"] += 1
         self.wake()
@@ -155,20 +138,11 @@ class Reconciler:
         """The instance waits for message_name: the inbox row that should have moved it is due again.
         Delivery outcomes match only the attempt the instance is at (an earlier attempt's
         outcome was correlated rightly and must stay done). False if the inbox has no such row."""
-        row_filter = ("order_id = $1 AND message_name = $2"
-                      " AND (NOT correlation ? 'delivery_attempt' OR correlation->'delivery_attempt' = $3::jsonb)")
-        if not await self.pool.fetchval(f"SELECT EXISTS (SELECT 1 FROM process_inbox WHERE {row_filter})",
-                                        order_id, message_name, json.dumps(attempt)):
+        reopened = await reopen_awaited(self.pool, order_id, message_name, attempt,
+                                        "reconciliation: the instance still waits for it")
+        if reopened is None:
             return False
-        status = await self.pool.execute(
-            "UPDATE process_inbox SET state = 'pending', attempts = 0, next_try_at = now(), done_at = NULL,"
-            " last_error = 'reconciliation: the instance still waits for it'"
-            " WHERE event_id = (SELECT event_id FROM process_inbox WHERE order_id = $1 AND message_name = $2"
-            " AND (NOT correlation ? 'delivery_attempt' OR correlation->'delivery_attempt' = $3::jsonb)"
-            " ORDER BY received_at DESC LIMIT 1) AND state <> 'pending'",
-            order_id, message_name, json.dumps(attempt),
-        )
-        if not status.endswith(" 0"):
+        if reopened:
             logger.error("order %s: its instance still waits for %s, which was correlated: again", order_id,
                          message_name)
             found["lost_correlation"] += 1
@@ -180,12 +154,11 @@ class Reconciler:
         happened yet): ask their source, whose replay rule re-announces what it already decided
         with the same ids (ADR 0003) and ignores what is not due yet."""
         asks: list[Message] = []
-        trace = await self.pool.fetchval("SELECT trace_id FROM orders WHERE order_id = $1", order_id) or ""
+        trace = await trace_of(self.pool, order_id)
         if {"StockReserved", "StockPartiallyReserved"} & set(names):
-            lines = await self.pool.fetch(
-                "SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+            lines = await order_lines(self.pool, order_id)
             asks.append(ReserveStock(source=SOURCE, order_id=order_id, trace_id=trace,
-                                     lines=[Line(sku=r["sku"], quantity=r["quantity"]) for r in lines]))
+                                     lines=[Line(**line) for line in lines]))
         if {"DeliveryCompleted", "DeliveryFailed"} & set(names) and isinstance(attempt, int):
             asks.append(FinishDelivery(source=SOURCE, order_id=order_id, attempt=attempt, trace_id=trace))
         if not asks:
@@ -199,11 +172,6 @@ class Reconciler:
         self.wake_relay()
 
     async def _prune(self) -> int:
-        hours: Any = self.retention_hours
+        older_than = self.retention_hours * 3600.0
         async with self.pool.acquire() as conn:
-            inbox = await conn.execute(
-                "DELETE FROM process_inbox WHERE state <> 'pending' AND state <> 'dead'"
-                " AND done_at < now() - make_interval(secs => $1)", hours * 3600.0)
-            outbox = await conn.execute(
-                "DELETE FROM outbox WHERE acked_at < now() - make_interval(secs => $1)", hours * 3600.0)
-        return int(inbox.split()[-1]) + int(outbox.split()[-1])
+            return await prune_inbox(conn, older_than) + await prune_outbox(conn, older_than)

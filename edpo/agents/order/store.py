@@ -1,25 +1,27 @@
-"""The order service's persistence: orders, status history, the transactional outbox and the
-process inbox, in PostgreSQL.
+"""The order service's database: orders, their lines and status history (the only module with
+SQL on those tables), and the connection pool's lifetime.
 
-`OrderStore` owns the connection pool: it migrates the schema and opens the pool when the
-worker starts (retrying while PostgreSQL is not there) and closes it when the worker stops.
+`OrderStore` owns the pool: it migrates the schema and opens the pool when the worker starts
+(retrying while PostgreSQL is not there) and closes it when the worker stops. An event is
+recorded in one transaction with the outbox (outbox.py: acknowledgments, OrderStatusChanged)
+and the process inbox (inbox.py); `Store` is what the handlers need of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
 
-from edpo.agents.order import bridge
+from edpo.agents.order.inbox import record, record_cancel, wanted
 from edpo.agents.order.migrate import migrate
-from edpo.agents.order.outbox import enqueue, outbox_row
-from edpo.domain.lifecycle import CANCELLED, DELIVERED, REJECTED, SHIPPED, TERMINAL_RANK, rank, status_for
+from edpo.agents.order.outbox import ack_command, enqueue, enqueue_after, outbox_row
+from edpo.domain.lifecycle import CANCELLED, DELIVERED, PLACED, REJECTED, SHIPPED, TERMINAL_RANK, rank, status_for
 from edpo.domain.order import NewOrder
 from edpo.models import (
     AcceptOrder,
@@ -32,15 +34,12 @@ from edpo.models import (
     caused_by,
     new_id,
 )
-from edpo.runtime.retry import OUTBOX_CAP, STARTUP, Backoff
-from edpo.topics import BY_NAME, TopicSpec
+from edpo.runtime.retry import STARTUP
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "order"
-
-
-Send = Callable[[TopicSpec, str, bytes], Awaitable[Any]]
+FINAL = [DELIVERED, CANCELLED, REJECTED]
 
 
 async def create_order(pool: asyncpg.Pool, new: NewOrder, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
@@ -96,20 +95,40 @@ def _iso(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-async def get_order(pool: asyncpg.Pool | asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
+Db = asyncpg.Pool | asyncpg.Connection
+
+
+async def order_lines(db: Db, order_id: str) -> list[dict[str, Any]]:
+    """The order's lines in the order they were placed: [{"sku", "quantity"}]."""
+    rows = await db.fetch("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+    return [dict(r) for r in rows]
+
+
+async def _history(db: Db, order_id: str) -> list[asyncpg.Record]:
+    return await db.fetch("SELECT status, at, detail FROM order_history WHERE order_id = $1 ORDER BY id", order_id)
+
+
+async def trace_of(db: Db, order_id: str) -> str:
+    """The order's trace id ("" for an unknown order)."""
+    return await db.fetchval("SELECT trace_id FROM orders WHERE order_id = $1", order_id) or ""
+
+
+async def final_status(db: Db, order_id: str) -> str | None:
+    """The order's status if it is final (DELIVERED, CANCELLED, REJECTED), else None."""
+    return await db.fetchval("SELECT status FROM orders WHERE order_id = $1 AND status = ANY($2)", order_id, FINAL)
+
+
+async def get_order(db: Db, order_id: str) -> dict[str, Any] | None:
+    row = await db.fetchrow("SELECT * FROM orders WHERE order_id = $1", order_id)
     if row is None:
         return None
-    lines = await pool.fetch("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
-    history = await pool.fetch(
-        "SELECT status, at, detail FROM order_history WHERE order_id = $1 ORDER BY id", order_id
-    )
+    history = await _history(db, order_id)
     return {
         "order_id": row["order_id"],
         "status": row["status"],
         "customer_id": row["customer_id"],
         "delivery_address": row["delivery_address"],
-        "items": [dict(r) for r in lines],
+        "items": await order_lines(db, order_id),
         "history": [{"status": h["status"], "at": _iso(h["at"]), **({"detail": h["detail"]} if h["detail"] else {})}
                     for h in history],
         "created_at": _iso(row["created_at"]),
@@ -121,7 +140,7 @@ async def get_order(pool: asyncpg.Pool | asyncpg.Connection, order_id: str) -> d
 
 async def history_summary(conn: asyncpg.Connection, order_id: str) -> str:
     """The order's status history in one line, for the people who see it in Tasklist."""
-    rows = await conn.fetch("SELECT status, at, detail FROM order_history WHERE order_id = $1 ORDER BY id", order_id)
+    rows = await _history(conn, order_id)
     return "; ".join(f"{r['at']:%Y-%m-%d %H:%M:%S} {r['status']}" + (f" ({r['detail']})" if r["detail"] else "")
                      for r in rows)
 
@@ -149,7 +168,7 @@ async def request_cancel(pool: asyncpg.Pool, order_id: str, reason: str) -> tupl
         if row["cancel_requested_at"] is None:
             await conn.execute("UPDATE orders SET cancel_requested_at = now(), updated_at = now() WHERE order_id = $1",
                                order_id)
-            await bridge.record_cancel(conn, order_id, reason, await history_summary(conn, order_id))
+            await record_cancel(conn, order_id, reason, await history_summary(conn, order_id))
     order = await get_order(pool, order_id)
     return "accepted", order
 
@@ -208,8 +227,7 @@ async def apply_status(conn: asyncpg.Connection, msg: Message) -> str | None:
         "   WHERE order_id = $1 AND status_rank < $4 AND status_rank < $3 RETURNING order_id),"
         " history AS (INSERT INTO order_history (order_id, status, event_id, detail)"
         "   SELECT order_id, $2, $5, $6 FROM moved ON CONFLICT DO NOTHING),"
-        " announced AS (INSERT INTO outbox (message_id, topic, key, payload, is_command)"  # as enqueue() does
-        "   SELECT $7, $8, $9, $10, false FROM moved ON CONFLICT (message_id) DO NOTHING)"
+        f" announced AS ({enqueue_after('moved', 7)})"
         " SELECT count(*) FROM moved",
         order_id, status, new_rank, TERMINAL_RANK, msg.id, getattr(msg, "reason", None) or None,
         *outbox_row(changed),
@@ -221,27 +239,20 @@ async def apply_status(conn: asyncpg.Connection, msg: Message) -> str | None:
     return status
 
 
-async def ack_command(conn: asyncpg.Connection, command_id: str, ack: str) -> None:
-    """An acknowledgment arrived: the outbox stops resending the command."""
-    await conn.execute(
-        "UPDATE outbox SET acked_at = now(), ack = $2 WHERE message_id = $1 AND acked_at IS NULL", command_id, ack
-    )
-
-
 async def start_variables(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] | None:
     """What the process needs at start, from the stored order."""
     order = await pool.fetchrow("SELECT delivery_address, customer_id, trace_id FROM orders WHERE order_id = $1",
                                 order_id)
     if order is None:
         return None
-    lines = await pool.fetch("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY line_no", order_id)
+    lines = await order_lines(pool, order_id)
     async with pool.acquire() as conn:
         history = await history_summary(conn, order_id)
     items = ", ".join(f"{r['quantity']} x {r['sku']}" for r in lines)
     return {
         "order_id": order_id,
         "delivery_address": order["delivery_address"],
-        "lines": [dict(r) for r in lines],
+        "lines": lines,
         "trace_id": order["trace_id"] or "",
         # Shown in the dispatchers' task forms (Tasklist).
         "order_summary": f"{items} to {order['delivery_address']} (customer {order['customer_id']}, order {order_id})",
@@ -250,46 +261,25 @@ async def start_variables(pool: asyncpg.Pool, order_id: str) -> dict[str, Any] |
     }
 
 
-async def due_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
-    """Messages to (re)send now, locked for this relay round."""
-    return await conn.fetch(
-        "SELECT message_id, topic, key, payload, is_command, attempts FROM outbox"
-        " WHERE acked_at IS NULL AND next_send_at <= now()"
-        " ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-        limit,
+async def final_orders(pool: asyncpg.Pool, order_ids: Sequence[str], quiet: float) -> list[asyncpg.Record]:
+    """(order_id, status) of those of order_ids that are final and unchanged for quiet seconds."""
+    return await pool.fetch(
+        "SELECT order_id, status FROM orders WHERE order_id = ANY($1) AND status = ANY($2)"
+        " AND updated_at < now() - make_interval(secs => $3)",
+        list(order_ids), FINAL, quiet,
     )
 
 
-async def mark_sent(conn: asyncpg.Connection, rows: list[asyncpg.Record], timeout: float, attempts: int = 5,
-                    count: Callable[[str, int], None] = lambda name, n: None) -> None:
-    """Events are done once sent; commands wait for their ack and are resent with backoff.
-
-    A command is resent with the same backoff as CommandClient's (EDPO_COMMAND_TIMEOUT doubling);
-    after EDPO_COMMAND_ATTEMPTS sends it is reported (log, counter, /health "outbox") and still
-    resent at the cap, because giving up would lose the order."""
-    events = [r["message_id"] for r in rows if not r["is_command"]]
-    if events:
-        await conn.execute(
-            "UPDATE outbox SET sent_at = now(), acked_at = now(), ack = 'sent', attempts = attempts + 1"
-            " WHERE message_id = ANY($1)",
-            events,
-        )
-    resend = Backoff(first=timeout, cap=OUTBOX_CAP)
-    for r in rows:
-        if r["is_command"]:
-            backoff = resend.delay(r["attempts"] + 1)
-            sends = r["attempts"] + 1
-            if sends > attempts:
-                logger.error("command %s unanswered after %d sends; still resending every %.0fs", r["message_id"],
-                             sends - 1, backoff)
-                count("outbox_command_unanswered", 1)
-            elif sends > 1:
-                logger.warning("command %s unanswered; resent (send %d of %d)", r["message_id"], sends, attempts)
-            await conn.execute(
-                "UPDATE outbox SET sent_at = now(), attempts = attempts + 1,"
-                " next_send_at = now() + make_interval(secs => $2) WHERE message_id = $1",
-                r["message_id"], backoff,
-            )
+async def quiet_open_orders(pool: asyncpg.Pool, quiet: float, after: tuple[datetime, str],
+                            limit: int) -> list[asyncpg.Record]:
+    """(order_id, status, updated_at) of accepted, unfinished orders unchanged for quiet seconds,
+    least recently changed first, after the cursor (updated_at, order_id); at most limit."""
+    return await pool.fetch(
+        "SELECT order_id, status, updated_at FROM orders WHERE status <> ALL($1) AND status <> $2"
+        " AND updated_at < now() - make_interval(secs => $3) AND (updated_at, order_id) > ($4, $5)"
+        " ORDER BY updated_at, order_id LIMIT $6",
+        FINAL, PLACED, quiet, *after, limit,
+    )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -297,6 +287,23 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     SET, LISTEN, advisory locks or cursors outside transactions), so asyncpg's default reset
     (four statements on every release, a fifth of the order worker's database round trips
     during a burst) has nothing to undo. An open transaction is still rolled back by asyncpg."""
+
+
+class Store(Protocol):
+    """What the order handlers and the REST API need of the database (an OrderStore, or a fake in unit tests)."""
+
+    async def create(self, new: NewOrder, idempotency_key: str | None) -> tuple[dict[str, Any], bool]: ...
+
+    async def get(self, order_id: str) -> dict[str, Any] | None: ...
+
+    async def find(self, status: str | None, limit: int,
+                   after: tuple[datetime, str] | None = None) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def record_event(self, msg: Message) -> tuple[str | None, bool]: ...
+
+    async def cancel(self, order_id: str, reason: str, source: str) -> bool: ...
+
+    async def request_cancel(self, order_id: str, reason: str) -> tuple[str, dict[str, Any] | None]: ...
 
 
 class OrderStore:
@@ -340,23 +347,23 @@ class OrderStore:
         """Acknowledgment, lifecycle and process inbox for one event, in one transaction.
 
         Returns the new status (or None) and whether the event was queued for the process."""
-        acknowledges, wanted = isinstance(msg, (OrderAccepted, OrderRejected)), bridge.wanted(msg)
+        acknowledges, queues = isinstance(msg, (OrderAccepted, OrderRejected)), wanted(msg)
         async with (await self.pool()).acquire() as conn:
-            if not acknowledges and not wanted:
+            if not acknowledges and not queues:
                 return await apply_status(conn, msg), False  # one statement, a transaction of its own
             async with conn.transaction():
                 if acknowledges:
                     await ack_command(conn, msg.correlation_id, msg.type)  # type: ignore[attr-defined]
                 status = await apply_status(conn, msg)
-                history = await history_summary(conn, msg.order_id) if wanted else ""  # type: ignore[attr-defined]
-                queued = await bridge.record(conn, msg, history)
+                history = await history_summary(conn, msg.order_id) if queues else ""  # type: ignore[attr-defined]
+                queued = await record(conn, msg, history)
         return status, queued
 
     async def cancel(self, order_id: str, reason: str, source: str) -> bool:
         """CANCELLED, with OrderCancelled in the outbox; False if the order was final already."""
         db = await self.pool()
-        trace = await db.fetchval("SELECT trace_id FROM orders WHERE order_id = $1", order_id)
-        cancelled = OrderCancelled(source=source, order_id=order_id, reason=reason, trace_id=trace or "")
+        trace = await trace_of(db, order_id)
+        cancelled = OrderCancelled(source=source, order_id=order_id, reason=reason, trace_id=trace)
         async with db.acquire() as conn, conn.transaction():
             if not await apply_status(conn, cancelled):
                 return False
@@ -369,18 +376,6 @@ class OrderStore:
     async def request_cancel(self, order_id: str, reason: str) -> tuple[str, dict[str, Any] | None]:
         return await request_cancel(await self.pool(), order_id, reason)
 
-    async def outbox_report(self, command_attempts: int = 5) -> dict[str, Any]:
-        """For /health: commands still unanswered after command_attempts sends (resent at the
-        cap meanwhile), commands being resent, messages not sent yet, the oldest open row's age."""
-        row = await (await self.pool()).fetchrow(
-            "SELECT count(*) FILTER (WHERE is_command AND attempts >= $1) AS unanswered,"
-            " count(*) FILTER (WHERE is_command AND attempts > 1) AS resending,"
-            " count(*) FILTER (WHERE attempts = 0) AS unsent,"
-            " coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest_seconds"
-            " FROM outbox WHERE acked_at IS NULL", command_attempts)
-        return {"commands_unanswered": row["unanswered"], "commands_resending": row["resending"],
-                "unsent": row["unsent"], "oldest_seconds": round(float(row["oldest_seconds"]), 1)}
-
     def opened_pool(self) -> asyncpg.Pool:
         """The pool, or an error at once while it is not open (a scrape must not wait for it)."""
         if self._pool is None:
@@ -391,32 +386,3 @@ class OrderStore:
         """For /metrics: orders by status (the index on (status, ...) answers it)."""
         rows = await self.opened_pool().fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
         return {r["status"]: r["n"] for r in rows}
-
-    async def backlog(self, command_attempts: int = 5) -> dict[str, float]:
-        """For /metrics: what the outbox and the process inbox still have to do, from their
-        partial indexes (open outbox rows, pending inbox rows)."""
-        row = await self.opened_pool().fetchrow(
-            "SELECT o.unsent, o.awaiting_ack, o.unanswered, o.oldest, i.waiting, i.held, i.oldest AS inbox_oldest FROM"
-            " (SELECT count(*) FILTER (WHERE attempts = 0) AS unsent,"
-            "   count(*) FILTER (WHERE is_command AND attempts > 0) AS awaiting_ack,"
-            "   count(*) FILTER (WHERE is_command AND attempts >= $1) AS unanswered,"
-            "   coalesce(extract(epoch FROM now() - min(created_at)), 0) AS oldest"
-            "  FROM outbox WHERE acked_at IS NULL) o,"
-            " (SELECT count(*) FILTER (WHERE NOT held) AS waiting, count(*) FILTER (WHERE held) AS held,"
-            "   coalesce(extract(epoch FROM now() - min(received_at)), 0) AS oldest"
-            "  FROM process_inbox WHERE state = 'pending') i", command_attempts)
-        return {k: float(v) for k, v in row.items()}
-
-    async def relay_once(self, send: Send, command_timeout: float, command_attempts: int = 5,
-                         after_send: Callable[[], None] = lambda: None,
-                         count: Callable[[str, int], None] = lambda name, n: None) -> int:
-        """Send the due outbox rows (events once; commands until acknowledged); returns how many."""
-        async with (await self.pool()).acquire() as conn, conn.transaction():
-            rows = await due_outbox(conn, 500)
-            if not rows:
-                return 0
-            futures = [await send(BY_NAME[r["topic"]], r["key"], bytes(r["payload"])) for r in rows]
-            await asyncio.gather(*futures)  # on Kafka before the rows count as sent
-            after_send()
-            await mark_sent(conn, rows, command_timeout, command_attempts, count)
-            return len(rows)
