@@ -148,6 +148,12 @@ async def test_a_record_in_the_handler_at_sigterm_stays_uncommitted_and_is_handl
         assert worker.terminate() == 0
     finally:
         worker.stop_if_running()
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([topic, f"{group}-__assignor-__leader"])  # the test's and the one Faust made
+        finally:
+            await admin.close()
 
     # The held record was started twice (the stop cut the first run short) and finished once; the records
     # committed before the stop were not handled again.
