@@ -64,6 +64,14 @@ class Tally:
 TALLY = Tally()
 
 
+def _placed_by_the_fuzzer() -> set[str]:
+    """The orders the fuzzing above placed in this session; the checks after fuzzing fail without
+    any (run alone, they would pass on whatever state the stack happens to hold)."""
+    assert TALLY.placed, ("the fuzzer placed no order in this session: the checks after fuzzing need the "
+                          "fuzzing tests before them (run tests/fuzz whole)")
+    return set(TALLY.placed)
+
+
 def _modest(case: Any) -> None:
     """Valid quantities of orders and receipts made a few units, not up to 10,000 and 1,000,000:
     the stack's stock stays usable for whoever uses it next (orders for thousands of units set
@@ -159,6 +167,7 @@ def test_order_sequences_follow_the_documented_links(stack: Settings) -> None:
     base = f"http://{stack.host}:{stack.web_port('order')}"
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     token = bearer(stack.api_token)
+    mine = Tally()  # what these sequences sent (TALLY holds the other tests' requests too)
 
     class OrderSequences(schema.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: Any) -> None:
@@ -170,6 +179,7 @@ def test_order_sequences_follow_the_documented_links(stack: Settings) -> None:
 
         def after_call(self, response: Any, case: Any) -> None:
             TALLY.record(case, response)
+            mine.record(case, response)
 
         def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
             case.validate_response(response, headers=token)
@@ -182,8 +192,9 @@ def test_order_sequences_follow_the_documented_links(stack: Settings) -> None:
         setattr(OrderSequences, name, None)
     OrderSequences.run(settings=settings(max_examples=max(5, EXAMPLES // 3), stateful_step_count=6, deadline=None,
                                          database=None, suppress_health_check=list(HealthCheck)))
-    followed = {k for k in TALLY.by_status if k.startswith(("GET /orders/{order_id} 200", "POST /orders/{order_id}/cancel 202"))}
-    assert followed, f"no sequence reached an order a POST created: {dict(TALLY.by_status)}"
+    followed = {k for k in mine.by_status if k.startswith(("GET /orders/{order_id} 200",
+                                                           "POST /orders/{order_id}/cancel 202"))}
+    assert followed, f"no sequence reached an order a POST created: {dict(mine.by_status)}"
 
 
 def test_the_fuzzer_sent_enough_requests_and_no_server_error() -> None:
@@ -200,9 +211,11 @@ def test_the_fuzzer_sent_enough_requests_and_no_server_error() -> None:
 
 
 async def test_after_fuzzing_every_stored_order_is_whole_and_clean(stack: Settings) -> None:
+    placed = _placed_by_the_fuzzer()
     catalog = load_catalog(stack.catalog).sku_set
     conn = await asyncpg.connect(stack.database_url)
     try:
+        stored = await conn.fetchval("SELECT count(*) FROM orders WHERE order_id = ANY($1)", list(placed))
         without_lines = await conn.fetchval(
             "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM order_lines l WHERE l.order_id = o.order_id)")
         without_history = await conn.fetchval(
@@ -220,6 +233,7 @@ async def test_after_fuzzing_every_stored_order_is_whole_and_clean(stack: Settin
             " AND o.created_at > now() - interval '1 hour'")
     finally:
         await conn.close()
+    assert stored == len(placed), f"{len(placed) - stored} of the fuzzer's {len(placed)} orders are not stored"
     assert without_lines == 0 and without_history == 0
     assert not bad_lines, bad_lines[:5]
     assert not dirty, dirty[:5]
@@ -227,6 +241,7 @@ async def test_after_fuzzing_every_stored_order_is_whole_and_clean(stack: Settin
 
 
 async def test_after_fuzzing_stock_is_consistent_for_every_sku(stack: Settings) -> None:
+    _placed_by_the_fuzzer()  # the fuzzer's orders reserved stock: the state checked is what fuzzing left
     url = f"http://{stack.host}:{stack.web_port('warehouse')}/stock"
     async with aiohttp.ClientSession() as http, http.get(url, params={"limit": "1000"}) as r:
         assert r.status == 200
@@ -241,12 +256,13 @@ async def test_every_order_the_fuzzer_placed_finishes_once_cancelled(stack: Sett
     """The fuzzer's orders (up to 10,000 units each) would hold their SKUs' queues: cancelling
     them must work, and each must reach a final status."""
     orders = f"http://{stack.host}:{stack.web_port('order')}/orders"
+    placed = _placed_by_the_fuzzer()
     async with aiohttp.ClientSession(headers=bearer(stack.api_token)) as http:
-        for order_id in TALLY.placed:
+        for order_id in placed:
             async with http.post(f"{orders}/{order_id}/cancel") as r:
                 assert r.status in (202, 409), await r.text()  # 409: shipped or final already
         deadline = time.monotonic() + 240
-        open_ = set(TALLY.placed)
+        open_ = set(placed)
         while open_ and time.monotonic() < deadline:
             for order_id in list(open_):
                 async with http.get(f"{orders}/{order_id}", params={"process": "false"}) as r:
