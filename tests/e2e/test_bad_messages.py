@@ -88,6 +88,7 @@ async def test_undecodable_command_is_dead_lettered_unknown_type_skipped_and_the
     assert len(skipped) == 1 and "skipped" in skipped[0] and TOPIC in skipped[0], skipped
 
     # ...and the warehouse still serves orders.
+    await api.receive("CABLE", 1)
     order = await api.place([("CABLE", 1)])
     final = await api.wait_final(order["order_id"])
     assert final["status"] == "DELIVERED"

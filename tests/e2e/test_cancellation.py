@@ -8,7 +8,7 @@ import random
 
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
-from tests.e2e.conftest import FINAL, Api, ended_at, eventually
+from tests.e2e.conftest import FINAL, Api, ended_at, eventually, lines
 
 
 async def _cancel(api: Api, order_id: str) -> tuple[int, dict]:
@@ -17,9 +17,9 @@ async def _cancel(api: Api, order_id: str) -> tuple[int, dict]:
 
 async def test_a_waiting_order_is_cancelled_its_units_go_back_and_its_place_in_the_queue_is_freed(
         api: Api, engine: Engine) -> None:
-    before = await api.stock("DOCK")
-    # More DOCKs than the factory makes in the test's lifetime would keep everyone behind waiting.
-    order = await api.place([("DOCK", before["available"] + 500)])
+    before = await api.own("DOCK")
+    # More DOCKs than the factory makes before the cancellation: the order waits until then.
+    order = await api.place(lines("DOCK", before["available"] + 500))
     waiting = await eventually(lambda: api.order(order["order_id"]), lambda o: o["status"] == "AWAITING_STOCK", 60,
                                "the order to wait for stock")
     assert waiting["process"]["state"] == "active" and waiting["process"]["incidents"] == 0, waiting["process"]
@@ -51,6 +51,7 @@ async def test_cancel_answers_404_for_an_unknown_order_and_409_once_delivered(ap
     status, reply = await _cancel(api, "no-such-order")
     assert status == 404 and reply["errors"][0]["field"] == "order_id", reply
 
+    await api.receive("CABLE", 1)  # its own cable
     order = await api.place([("CABLE", 1)])
     assert (await api.wait_final(order["order_id"]))["status"] == "DELIVERED"
     status, reply = await _cancel(api, order["order_id"])
@@ -64,9 +65,10 @@ async def test_cancellations_racing_the_courier_end_cancelled_or_delivered_never
     or DELIVERED with it shipped, never both and never neither; the books add up. The first ten
     are cancelled at once and the last ten after delivery, so both outcomes occur for sure."""
     sku, n = "KEYBOARD", 100
-    if (await api.stock(sku))["available"] < n:  # earlier tests took some: goods received
-        await api.receive(sku, n)
-    before = await eventually(lambda: api.stock(sku), lambda s: s["available"] >= n, 30, f"{n} {sku} in stock")
+    settled = await api.own(sku)
+    await api.receive(sku, n)  # a unit of its own for every order
+    before = await eventually(lambda: api.stock(sku), lambda s: s["on_hand"] == settled["on_hand"] + n, 30,
+                              f"{n} {sku} received")
     rng = random.Random(8)
 
     async def one(i: int) -> tuple[str, int]:
@@ -95,7 +97,7 @@ async def test_cancellations_racing_the_courier_end_cancelled_or_delivered_never
     after = await eventually(lambda: api.stock(sku), lambda s: s["reserved"] == before["reserved"], 60,
                              f"every {sku} to be shipped or back in stock")
     assert after["on_hand"] == before["on_hand"] - delivered, (before, after, delivered)
-    assert after["waiting"] == before["waiting"] == 0
+    assert after["waiting"] == before["waiting"] == 0 and after["reserved"] == before["reserved"]
 
 
 async def test_a_service_that_does_not_answer_becomes_an_incident_and_a_retry_finishes_the_order(
@@ -104,21 +106,20 @@ async def test_a_service_that_does_not_answer_becomes_an_incident_and_a_retry_fi
     (the warehouse runs with one command send and two quick tries): an incident with the error
     shows on the order's process; once delivery is back, retrying the task (as Cockpit does)
     lets the order finish DELIVERED."""
-    from edpo.dev.workers import start_worker, worker_process
+    from edpo.dev.workers import running_instances, start_worker, worker_process
 
     quick = {"EDPO_COMMAND_ATTEMPTS": "1", "EDPO_COMMAND_TIMEOUT": "1", "EDPO_TASK_RETRIES": "2",
              "EDPO_TASK_RETRY_BACKOFF": "1"}
 
-    def running(service: str) -> list[int]:  # every instance (the stack may run `--instances N`)
-        return [n for n in range(1, 5) if worker_process(stack, service, n).running()]
-
-    warehouses, deliveries = running("warehouse"), running("delivery")
+    # Every instance (the stack may run `--instances N`).
+    warehouses, deliveries = running_instances(stack, "warehouse"), running_instances(stack, "delivery")
     for n in warehouses:
         await asyncio.to_thread(worker_process(stack, "warehouse", n).stop)
         await asyncio.to_thread(start_worker, stack, "warehouse", n, quick)
     for n in deliveries:
         await asyncio.to_thread(worker_process(stack, "delivery", n).stop)
     try:
+        await api.receive("MOUSE", 1)  # its own mouse
         order = await api.place([("MOUSE", 1)])
         oid = order["order_id"]
 
@@ -159,7 +160,7 @@ async def test_edpo_order_cancel_cancels_a_waiting_order_and_says_why_it_cannot_
         return subprocess.run([sys.executable, "-m", "edpo.cli", "order", *args], capture_output=True, text=True,
                               timeout=60)
 
-    order = await api.place([("DOCK", (await api.stock("DOCK"))["available"] + 50)])
+    order = await api.place(lines("DOCK", (await api.stock("DOCK"))["available"] + 50))
     await eventually(lambda: api.order(order["order_id"], process=False), lambda o: o["status"] == "AWAITING_STOCK",
                      60, "the order to wait for stock")
     done = await asyncio.to_thread(edpo, "cancel", order["order_id"])

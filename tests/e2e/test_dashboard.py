@@ -94,6 +94,10 @@ def console_errors(browser: WebDriver) -> list[dict]:
 
 
 def place(stack: Settings, sku: str = "CABLE") -> dict:
+    """An order for one unit of sku, received for it first (the stock may be taken by other tests)."""
+    status, reply = request_json("POST", f"http://{stack.host}:{stack.web_port('warehouse')}/stock/{sku}/receipts",
+                                 {"quantity": 1}, token=stack.api_token)
+    assert status == 202, reply
     body = {"customer_id": "browser-test", "delivery_address": "Main Street 1, Bern",
             "items": [{"sku": sku, "quantity": 1}]}
     status, reply = request_json("POST", f"http://{stack.host}:{stack.web_port('order')}/orders", body,

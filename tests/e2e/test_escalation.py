@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from edpo.camunda.engine import Engine
-from tests.e2e.conftest import Api, ended_at, eventually
+from tests.e2e.conftest import Api, ended_at, eventually, lines
 
 SILENT = "No News Lane 7, Bern"
+SKU = "MOUSE"  # the silent courier's; owned while the test runs (SkuLocks)
 
 
 async def _task(api: Api, engine: Engine, order_id: str, key: str, timeout: float = 60) -> dict[str, Any]:
@@ -39,10 +40,11 @@ async def _attempts(api: Api, order_id: str) -> dict[str, str]:
 
 async def test_a_silent_courier_is_escalated_and_the_dispatcher_waits_retries_then_cancels(
         api: Api, engine: Engine) -> None:
-    if (await api.stock("CABLE"))["available"] < 5:
-        await api.receive("CABLE", 20)
-    before = await eventually(lambda: api.stock("CABLE"), lambda s: s["available"] >= 5, 30, "cables in stock")
-    order = await api.place([("CABLE", 2)], address=SILENT)
+    settled = await api.own(SKU)
+    await api.receive(SKU, 2)  # its own two units
+    before = await eventually(lambda: api.stock(SKU), lambda s: s["on_hand"] == settled["on_hand"] + 2, 30,
+                              f"the {SKU} receipt to be booked")
+    order = await api.place([(SKU, 2)], address=SILENT)
     oid = order["order_id"]
 
     task = await _task(api, engine, oid, "resolve-overdue-delivery")
@@ -65,26 +67,27 @@ async def test_a_silent_courier_is_escalated_and_the_dispatcher_waits_retries_th
     assert "overdue" in [h for h in final["history"] if h["status"] == "CANCELLED"][0]["detail"]
     assert await _attempts(api, oid) == {"1": "withdrawn", "2": "withdrawn"}
     assert await ended_at(engine, oid) == ["EndEvent_OrderCancelled"]
-    after = await eventually(lambda: api.stock("CABLE"), lambda s: s["reserved"] == before["reserved"], 30,
-                             "the cables back in stock")
-    assert after["on_hand"] == before["on_hand"], (before, after)
+    after = await eventually(lambda: api.stock(SKU), lambda s: s["reserved"] == before["reserved"], 30,
+                             f"the {SKU} units back in stock")
+    assert after == before, "the books are as before the order"
 
 
 async def test_stock_that_does_not_come_is_escalated_and_cancelling_frees_the_units_and_the_queue(
         api: Api, engine: Engine) -> None:
-    # The factory finishes what it started for a cancelled order, so each run leaves surplus
-    # stock behind: take the SKU with the least on hand (a long-lived dev stack rotates).
-    stocks = [await api.stock(sku) for sku in ("MONITOR", "WEBCAM", "LAMP")]
-    before = min(stocks, key=lambda s: s["available"])
-    sku = before["sku"]
+    sku = "MONITOR"
+    settled = await api.own(sku)
+    await api.receive(sku, 5)  # units the order takes at once, before it waits for the rest
+    before = await eventually(lambda: api.stock(sku), lambda s: s["on_hand"] == settled["on_hand"] + 5, 30,
+                              f"the {sku} receipt to be booked")
     wanted = before["available"] + 2000  # 20 s of factory batches: longer than two stock timeouts
-    assert wanted <= 10_000, f"the dev stack holds {before['available']} {sku}: start afresh (make clean)"
-    order = await api.place([(sku, wanted)])
+    order = await api.place(lines(sku, wanted))
     oid = order["order_id"]
     task = await _task(api, engine, oid, "decide-delayed-order")
     assert task["name"] == "Decide on delayed order"
     waiting = await api.stock(sku)
-    assert waiting["waiting"] == before["waiting"] + 1 and waiting["reserved"] > before["reserved"], waiting
+    assert waiting["waiting"] == before["waiting"] + 1, waiting
+    # It took every unit there was, and the factory's first batches too.
+    assert waiting["available"] == 0 and waiting["reserved"] >= before["reserved"] + before["available"], waiting
     await _decide(engine, task, "wait")
     again = await _task(api, engine, oid, "decide-delayed-order")
     assert again["id"] != task["id"] and (await api.order(oid))["status"] == "AWAITING_STOCK"
@@ -97,3 +100,4 @@ async def test_stock_that_does_not_come_is_escalated_and_cancelling_frees_the_un
     after = await eventually(lambda: api.stock(sku), lambda s: s["waiting"] == before["waiting"], 30,
                              f"the order to leave the {sku} queue")
     assert after["reserved"] == before["reserved"], (before, after)
+    assert after["on_hand"] >= before["on_hand"], "only the factory's batches for it come in afterwards"

@@ -32,8 +32,7 @@ class Monitor:
 async def test_an_escalated_order_shows_with_its_tasklist_link_until_a_dispatcher_decides(
         api: Api, engine: Engine) -> None:
     monitor = Monitor(api)
-    if (await api.stock("CABLE"))["available"] < 5:
-        await api.receive("CABLE", 20)
+    await api.receive("CABLE", 1)  # its own cable
     oid = (await api.place([("CABLE", 1)], address=SILENT))["order_id"]
 
     def escalation_of(o: dict[str, Any]) -> list[dict[str, Any]]:
@@ -83,8 +82,9 @@ async def test_a_record_the_warehouse_dead_letters_shows_with_its_position(api: 
     after = await eventually(lambda: monitor.get("/dead-letters"), letter, 30, "the dead letter on the monitor")
     [row] = letter(after)
     assert row["letter"]["reason"].startswith("undecodable") and not row["letter"]["replayed"]
-    assert after["count"] == before["count"] + 1 and after["total"] == before["total"] + 1
-    assert (await monitor.overview())["dead_letters"]["count"] == after["count"]
+    # Other tests may dead-letter records meanwhile: this one is among the letters counted.
+    assert after["total"] >= before["total"] + 1 and after["count"] >= 1, (before, after)
+    assert (await monitor.overview())["dead_letters"]["count"] >= 1
 
 
 async def test_stock_on_the_dashboard_is_the_warehouses_and_every_service_has_its_lag(api: Api) -> None:

@@ -16,6 +16,7 @@ async def test_a_worker_started_with_json_logs_writes_json_lines_naming_the_orde
     proc = worker_process(api.s, "order", n)
     log = proc.log_file
     start = log.stat().st_size if log.exists() else 0  # earlier runs of this worker may have logged as text
+    await api.receive("CABLE", 1)  # its own cable
     await asyncio.to_thread(start_worker, api.s, "order", n, {"EDPO_LOG_FORMAT": "json"})
     try:
         # Placed through this worker's own API: it logs the order it stored.
