@@ -19,6 +19,7 @@ from openapi_spec_validator import validate
 
 from edpo.agents import APPS
 from edpo.config import WORKERS, Settings
+from edpo.runtime.app import ServiceApp
 
 from .conftest import Api
 
@@ -33,7 +34,7 @@ STATIC_NAME = {"/static/{name}": "app.js"}
 
 def documented_open_routes() -> dict[str, set[tuple[str, str]]]:
     """{service: {(method, path)}} the README's REST API section lists as open to all (the bullet
-    "A token, when set", one line per service or "every service"); a HEAD is open where its GET is."""
+    "A token, when set": lines of `service: routes` parts, "every service" for all of them)."""
     section = (ROOT / "README.md").read_text().split("\n## REST API\n", 1)[1].split("\n## ", 1)[0]
     bullet = section.split("- **A token, when set**", 1)[1].split("\n\n", 1)[0]
     open_routes: dict[str, set[tuple[str, str]]] = {service: set() for service in WORKERS}
@@ -46,7 +47,7 @@ def documented_open_routes() -> dict[str, set[tuple[str, str]]]:
     return open_routes
 
 
-def route_table(settings: Settings, service: str) -> tuple[set[tuple[str, str]], Any]:
+def route_table(settings: Settings, service: str) -> tuple[set[tuple[str, str]], ServiceApp]:
     """Every (method, path) the service's worker serves, read from its app's aiohttp router after
     the worker's own steps (its operations, then Faust's views): static files as PREFIX/{file}."""
     app = APPS[service](settings)
@@ -147,7 +148,8 @@ async def test_every_service_describes_itself_in_valid_openapi_3_1(api: Api) -> 
         if api.s.api_token:
             assert "bearer" in document["components"]["securitySchemes"]
     status, document = await api.call("GET", f"{api.orders}/openapi.json")
-    assert {"/orders", "/orders/{order_id}", "/orders/{order_id}/cancel", "/catalog", "/health"} <= set(document["paths"])
+    assert {"/orders", "/orders/{order_id}", "/orders/{order_id}/cancel", "/catalog", "/health"} \
+        <= set(document["paths"])
     async with api.http.get(f"{api.orders}/docs") as r:
         page = await r.text()
     assert "swagger-ui-bundle.js" in page and "//cdn" not in page and "unpkg" not in page
