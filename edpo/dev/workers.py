@@ -16,10 +16,10 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from edpo.config import MONITOR, SERVICES, Settings
+from edpo.config import Settings
 from edpo.dev.process import ManagedProcess, StackError, port_open
 
-__all__ = ["MONITOR", "SERVICES", "Health", "not_ready_report", "running_workers", "spawn_worker", "start_worker",
+__all__ = ["Health", "not_ready_report", "running_workers", "spawn_worker", "start_worker",
            "wait_ready", "worker_health", "worker_process"]
 
 

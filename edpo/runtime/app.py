@@ -24,7 +24,7 @@ from edpo.camunda.worker import TaskHandler, TaskWorker
 from edpo.config import Settings
 from edpo.logs import logging_config
 from edpo.models.api import Health
-from edpo.runtime.consume import TRANSIENT, Handler, consume
+from edpo.runtime.consume import TRANSIENT, Handlers, consume
 from edpo.runtime.failpoints import Failpoints
 from edpo.runtime.http import MAX_BODY, Answer, Api, Call, Reply, swagger_assets
 from edpo.runtime.metrics import CONTENT_TYPE, Metrics
@@ -206,15 +206,20 @@ class ServiceApp(faust.App):
     def struct_table(self, name: str, type_: type[T], *, help: str) -> StructTable[T]:
         return StructTable(self, name, type_, help=help, failpoints=self.failpoints)
 
-    def agent_over(self, name: str, handle: Handler, *specs: TopicSpec) -> None:
-        """An agent over specs that hands every decoded message to handle (see runtime.consume)."""
+    def agent_over(self, name: str, handlers: Handlers, *specs: TopicSpec, read_model: bool = False) -> None:
+        """An agent over specs that hands each decoded message to the handler declared for its type
+        and skips the others (see runtime.consume); read_model: it never dead-letters (the monitor)."""
+        declared = {t for spec in specs for t in spec.types}
+        strays = sorted(t.__name__ for t in handlers if t not in declared)
+        if strays:
+            raise ValueError(f"agent {name} has handlers for {', '.join(strays)}, on none of its topics")
 
         async def agent(stream: faust.StreamT) -> None:
-            await consume(stream.events(), handle, name=name, publish=self.publisher.publish,
-                          metrics=self.metrics.agent(name))
+            await consume(stream.events(), handlers, name=name, publish=self.publisher.publish,
+                          metrics=self.metrics.agent(name), read_model=read_model)
 
         agent.__name__ = agent.__qualname__ = name
-        agent.__doc__ = handle.__doc__
+        agent.__doc__ = f"Handles {', '.join(sorted(t.__name__ for t in handlers))}."
         self.agent(raw_topic(self, *specs), name=name)(agent)
 
     def every(self, interval: float, tick: Callable[[], Awaitable[None]]) -> None:

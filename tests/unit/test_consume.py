@@ -74,7 +74,8 @@ class Recorder:
         self.pauses.append(seconds)
 
     async def consume(self, events: list[FakeEvent]) -> None:
-        await consume(FakeStream(events).events(), self.handler, name="t", publish=self.publish, sleep=self.sleep)
+        await consume(FakeStream(events).events(), {ReserveStock: self.handler}, name="t", publish=self.publish,
+                      sleep=self.sleep)
 
 
 @pytest.fixture
@@ -234,7 +235,8 @@ async def test_what_a_handler_logs_names_the_order_and_trace_of_its_message() ->
     async def publish(msg: Message, **kw: Any) -> None:
         return None
 
-    await consume(FakeStream([FakeEvent(encode(traced))]).events(), handle, name="test", publish=publish)
+    await consume(FakeStream([FakeEvent(encode(traced))]).events(), {ReserveStock: handle}, name="test",
+                  publish=publish)
 
     assert seen == [{"order_id": "o-7", "trace_id": "t-7"}]
     assert current_context() == {}, "the ids are gone once the message is handled"

@@ -226,7 +226,8 @@ def create_app(settings: Settings) -> ServiceApp:
     app.start_with(OrderBackground(app, orders))
     watch_orders(app.metrics, orders.store, settings.command_attempts)
 
-    app.agent_over("order_lifecycle", orders.on_event, warehouse_events_topic, delivery_events_topic)
+    app.agent_over("order_lifecycle", dict.fromkeys((*warehouse_events_topic.types, *delivery_events_topic.types),
+                                                    orders.on_event), warehouse_events_topic, delivery_events_topic)
     app.serve_tasks({"cancel-order": orders.cancel_order})
 
     # --- REST API (the contract: edpo/models/api.py; served and described by edpo/runtime/http.py) ---
