@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from edpo.config import WORKERS, Settings, refused_instance, settings_table_markdown
+from edpo.config import WORKERS, Settings, refused_instance, settings_table_markdown, workers_to_start
 from edpo.dev.process import StackError
 from edpo.runtime.http import request_json
 
@@ -61,8 +61,7 @@ def stack_up(settings: Settings, instances: int) -> None:
     from edpo.dev.workers import spawn_worker, wait_ready
 
     infra_up(settings)
-    # `instances` workers of each kind, but of those that run as one (the monitor).
-    workers = [(kind, n) for n in range(1, instances + 1) for kind in WORKERS if not refused_instance(kind, n)]
+    workers = workers_to_start(instances)
     # All start at once and are waited for together: recovery and rebalances overlap.
     states = {f"{service}-{n}": spawn_worker(settings, service, n) for service, n in workers}
     urls = {f"{service}-{n}": f"http://{settings.host}:{settings.web_port(service, n)}/" for service, n in workers}

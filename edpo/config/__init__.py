@@ -55,6 +55,12 @@ def refused_instance(worker: str, instance: int) -> str:
     return ""
 
 
+def workers_to_start(instances: int) -> list[tuple[str, int]]:
+    """The workers `edpo up --instances N` starts, as (kind, instance): N of each kind, but one of those
+    that run as one."""
+    return [(kind, n) for n in range(1, instances + 1) for kind in WORKERS if not refused_instance(kind, n)]
+
+
 def _default_root() -> Path:
     """The checkout when installed in development mode, else the working directory."""
     candidate = PACKAGE_ROOT.parent
