@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from camunda.external_task.external_task import ExternalTask, TaskResult
 
@@ -45,6 +46,7 @@ from edpo.runtime.publish import Publish
 from edpo.runtime.tables import Table, TickThrottle
 
 logger = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 SOURCE = "warehouse"
 WORKER = "warehouse-worker"  # the source of commands sent by the warehouse's process tasks
 
@@ -164,36 +166,31 @@ class Warehouse:
 
     async def on_seed_stock(self, msg: SeedStock) -> None:
         """Take the catalog's starting stock, once per SKU."""
-        stock = self._stock(msg.sku)
-        await self._book(stock, stock.seed(msg))
+        await self._book(msg, SkuStock.seed)
 
     async def on_reserve_line(self, msg: ReserveLine) -> None:
         """Reserve what is available of one order line; the rest waits, first come first served."""
-        stock = self._stock(msg.sku)
-        await self._book(stock, stock.reserve(msg))
+        await self._book(msg, SkuStock.reserve)
 
     async def on_goods_arrived(self, msg: ReceiveStock | ItemsManufactured) -> None:
         """Book goods received or manufactured, once, and hand them to waiting orders first."""
-        stock = self._stock(msg.sku)
-        await self._book(stock, stock.receive(msg))
+        await self._book(msg, SkuStock.receive)
 
     async def on_release_line(self, msg: ReleaseLine) -> None:
         """Give an order's units back, to the orders still waiting first."""
-        stock = self._stock(msg.sku)
-        await self._book(stock, stock.release(msg))
+        await self._book(msg, SkuStock.release)
 
     async def on_ship_line(self, msg: ShipLine) -> None:
         """A delivered order's units leave the books."""
-        stock = self._stock(msg.sku)
-        await self._book(stock, stock.ship(msg))
+        await self._book(msg, SkuStock.ship)
 
-    def _stock(self, sku: str) -> SkuStock:
-        return self.stock_by_sku.get(sku) or SkuStock(sku=sku)
-
-    async def _book(self, stock: SkuStock, events: list[Message]) -> None:
-        """Keep a SKU's new stock, its invariants checked first, then send what it said."""
+    async def _book(self, msg: M, rule: Callable[[SkuStock, M], list[Message]]) -> None:
+        """Apply the rule to the SKU's stock, keep the result (its invariants checked first), send what it said."""
+        sku: str = msg.sku  # type: ignore[attr-defined]  # every stock keeper message names its SKU
+        stock = self.stock_by_sku.get(sku) or SkuStock(sku=sku)
+        events = rule(stock, msg)
         stock.check()  # raises before the table is written: the message is retried, then dead-lettered
-        self.stock_by_sku.set(stock.sku, stock)
+        self.stock_by_sku.set(sku, stock)
         await self.publish(*events)
 
     async def seed_stock(self) -> None:
