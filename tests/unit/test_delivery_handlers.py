@@ -80,7 +80,7 @@ async def test_finish_delivery_stores_and_publishes_the_outcome(failure: str, ou
 ], ids=lambda m: m.type)
 async def test_courier_declares_no_handler_for_messages_it_does_not_handle(msg: Message) -> None:
     rig = Rig()
-    assert type(msg) not in rig.courier.handlers, "the agent loop skips what has no handler"
+    assert type(msg) not in rig.courier.handlers(), "the agent loop skips what has no handler"
     assert rig.table.rows == {}
     assert rig.publish.sent == []
 
@@ -149,7 +149,7 @@ async def test_withdrawn_attempt_is_never_ticked_and_is_forgotten_without_last_w
     rig.now += 300.0  # the default retention
     await rig.courier.finish_due_deliveries()
     assert rig.publish.types() == [ForgetDelivery]
-    await rig.courier.handlers[type(rig.publish.sent[0])](rig.publish.sent[0])
+    await rig.courier.handlers()[type(rig.publish.sent[0])](rig.publish.sent[0])
     assert rig.table.rows == {}
     assert rig.publish.types() == [ForgetDelivery]  # a withdrawn attempt has no outcome to repeat
 

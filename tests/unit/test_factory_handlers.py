@@ -79,7 +79,7 @@ async def test_completed_batch_is_stored_and_its_goods_published() -> None:
     ItemsManufactured(sku="A", production_id="p1", quantity=5),
 ], ids=lambda m: m.type)
 async def test_factory_declares_no_handler_for_messages_it_does_not_handle(msg: Message) -> None:
-    assert type(msg) not in Rig().factory.handlers, "the agent loop skips what has no handler"
+    assert type(msg) not in Rig().factory.handlers(), "the agent loop skips what has no handler"
 
 
 async def test_timer_ticks_only_batches_whose_lead_time_is_over() -> None:

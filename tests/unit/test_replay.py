@@ -376,7 +376,7 @@ def warehouse(stock_rows: dict[str, SkuStock] | None = None,
 async def test_stock_keeper_killed_after_storing_republishes_on_redelivery(msg: Message,
                                                                           facts: tuple[type[Message], ...]) -> None:
     w, publish = warehouse(stock_rows={SKU: stock(3, ("o1", 3), ("o2", 2))})
-    lost, rows = await crash_then_redeliver(w.stock_keeper_handlers[type(msg)], w.stock_by_sku, msg, publish)
+    lost, rows = await crash_then_redeliver(w.stock_keeper_handlers()[type(msg)], w.stock_by_sku, msg, publish)
     assert ids(lost, facts), "the case loses a reservation"
     assert set(ids(lost, facts)) <= set(ids(publish.sent, facts))
     rows[SKU].check()
@@ -393,7 +393,7 @@ async def test_stock_keeper_killed_after_storing_republishes_on_redelivery(msg: 
 async def test_order_desk_killed_after_storing_republishes_on_redelivery(
         msg: Message, state: OrderReservation | None, facts: tuple[type[Message], ...]) -> None:
     w, publish = warehouse(reservations={ORDER: state} if state else None)
-    lost, _ = await crash_then_redeliver(w.order_desk_handlers[type(msg)], w.reservations_by_order, msg,
+    lost, _ = await crash_then_redeliver(w.order_desk_handlers()[type(msg)], w.reservations_by_order, msg,
                                      publish)
     assert ids(lost, facts)
     assert ids(publish.sent, facts) == ids(lost, facts)

@@ -140,7 +140,7 @@ async def test_a_tombstone_still_answers_a_resent_accept_order() -> None:
 ], ids=lambda m: m.type)
 async def test_news_about_an_order_never_seen_is_dropped(msg: Message) -> None:
     rig = Rig()
-    await rig.warehouse.order_desk_handlers[type(msg)](msg)
+    await rig.warehouse.order_desk_handlers()[type(msg)](msg)
     assert rig.reservations.rows == {}
     assert rig.publish.sent == []
 
@@ -152,7 +152,7 @@ async def test_news_about_an_order_never_seen_is_dropped(msg: Message) -> None:
     StockReserved(order_id=ORDER),
 ], ids=lambda m: m.type)
 async def test_order_desk_declares_no_handler_for_messages_it_does_not_handle(msg: Message) -> None:
-    assert type(msg) not in Rig().warehouse.order_desk_handlers, "the agent loop skips what has no handler"
+    assert type(msg) not in Rig().warehouse.order_desk_handlers(), "the agent loop skips what has no handler"
 
 
 # --- stock keeper ---------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ async def test_stock_breaking_invariants_is_neither_stored_nor_published() -> No
 
 
 async def test_stock_keeper_declares_no_handler_for_production_progress() -> None:
-    handlers = Rig().warehouse.stock_keeper_handlers
+    handlers = Rig().warehouse.stock_keeper_handlers()
     assert ProductionStarted not in handlers and ProductionRequested not in handlers
     assert handlers[ItemsManufactured] == handlers[ReceiveStock], "made goods are booked as received ones"
 

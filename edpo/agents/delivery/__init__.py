@@ -29,7 +29,7 @@ def create_app(settings: Settings) -> ServiceApp:
                             silent_pattern=settings.silent_pattern)
     courier = Courier(policy, deliveries_by_order, app.publisher.publish, retention=settings.table_retention)
 
-    app.agent_over("courier", courier.handlers, delivery_commands_topic)
+    app.agent_over("courier", courier.handlers(), delivery_commands_topic)
     app.every(settings.tick, courier.finish_due_deliveries)
     watch_deliveries(app.metrics, deliveries_by_order)
     add_routes(app, deliveries_by_order)

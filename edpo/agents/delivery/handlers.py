@@ -44,7 +44,6 @@ class Courier:
         self._in_transit: set[str] = set()
         self._next_sweep = 0.0
 
-    @property
     def handlers(self) -> Handlers:
         """The courier agent's messages and who handles each."""
         return {

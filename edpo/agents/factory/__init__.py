@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> ServiceApp:
     app.start_with(commands)
     factory = Factory(plan, production_by_sku, app.publisher.publish, commands)
 
-    app.agent_over("production", factory.handlers, factory_commands_topic)
+    app.agent_over("production", factory.handlers(), factory_commands_topic)
     app.every(settings.tick, factory.finish_due_batches)
     app.serve_tasks({"request-replenishment": factory.request_replenishment})
     watch_production(app.metrics, production_by_sku)

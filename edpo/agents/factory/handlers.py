@@ -40,7 +40,6 @@ class Factory:
         self.clock = clock
         self._ticks = TickThrottle()
 
-    @property
     def handlers(self) -> Handlers:
         """The production agent's messages and who handles each."""
         return {ManufactureItems: self.on_manufacture_items, CompleteProduction: self.on_complete_production}

@@ -60,9 +60,9 @@ def create_app(settings: Settings) -> ServiceApp:
     watcher = Watcher(app.engine, settings.kafka_bootstrap, urls)
     app.start_with(watcher)
 
-    app.agent_over("orders", monitor.order_handlers, *ORDER_EVENTS, monitor_ticks_topic, read_model=True)
-    app.agent_over("stock", monitor.stock_handlers, inventory_events_topic, factory_events_topic, read_model=True)
-    app.agent_over("dead_letters", monitor.dead_letter_handlers, dead_letters_topic, read_model=True)
+    app.agent_over("orders", monitor.order_handlers(), *ORDER_EVENTS, monitor_ticks_topic, read_model=True)
+    app.agent_over("stock", monitor.stock_handlers(), inventory_events_topic, factory_events_topic, read_model=True)
+    app.agent_over("dead_letters", monitor.dead_letter_handlers(), dead_letters_topic, read_model=True)
     app.every(RETENTION_SWEEP, monitor.forget_finished)
     add_routes(app, monitor, watcher, urls)
     return app

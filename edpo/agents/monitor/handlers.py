@@ -54,14 +54,12 @@ class Monitor:
         self.changes = 0  # grows with every change any view took: the feed's cue
         self._ticks = TickThrottle(resend_after=RETENTION_SWEEP * 5, forget_after=RETENTION_SWEEP * 10)
 
-    @property
     def order_handlers(self) -> Handlers:
         """The orders agent's messages: every event of the order, warehouse and delivery services,
         and the monitor's own ticks."""
         every_event = {t: self.on_order_event for spec in ORDER_EVENTS for t in spec.types}
         return {**every_event, ForgetOrderView: self.on_forget_order_view}
 
-    @property
     def stock_handlers(self) -> Handlers:
         """The stock agent's messages: stock levels and production progress."""
         return {
@@ -71,7 +69,6 @@ class Monitor:
             ItemsManufactured: self.on_production,
         }
 
-    @property
     def dead_letter_handlers(self) -> Handlers:
         """The dead-letter agent's messages: dead letters and the marks of their replay."""
         return {DeadLetter: self.on_dead_letter, DeadLetterReplayed: self.on_dead_letter}

@@ -48,9 +48,9 @@ def create_app(settings: Settings) -> ServiceApp:
     warehouse = Warehouse(load_catalog(settings.catalog), stock_by_sku, reservations_by_order, app.publisher.publish,
                           commands, retention=settings.table_retention)
 
-    app.agent_over("order_desk", warehouse.order_desk_handlers,
+    app.agent_over("order_desk", warehouse.order_desk_handlers(),
                    warehouse_commands_topic, reservation_updates_topic, delivery_events_topic)
-    app.agent_over("stock_keeper", warehouse.stock_keeper_handlers, stock_commands_topic, factory_events_topic)
+    app.agent_over("stock_keeper", warehouse.stock_keeper_handlers(), stock_commands_topic, factory_events_topic)
 
     async def seed_stock() -> None:
         """Seed the catalog's starting stock, retried while Kafka is not reachable."""

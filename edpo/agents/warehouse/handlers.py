@@ -67,7 +67,6 @@ class Warehouse:
         self.commands = commands
         self.seed_published = False
 
-    @property
     def order_desk_handlers(self) -> Handlers:
         """The order desk's messages (keyed by order id) and who handles each; other delivery events
         are nothing for the warehouse to do."""
@@ -81,7 +80,6 @@ class Warehouse:
             ForgetReservation: self.on_forget_reservation,
         }
 
-    @property
     def stock_keeper_handlers(self) -> Handlers:
         """The stock keeper's messages (keyed by SKU) and who handles each; production progress is
         not booked."""
