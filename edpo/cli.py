@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from edpo.config import Settings, settings_table_markdown
+from edpo.config import WORKERS, Settings, refused_instance, settings_table_markdown, workers_to_start
 from edpo.dev.process import StackError
 from edpo.runtime.http import request_json
 
@@ -58,11 +58,10 @@ def infra_status(settings: Settings) -> bool:
 
 def stack_up(settings: Settings, instances: int) -> None:
     """Servers, then every worker; returns once each worker reports ready on /health."""
-    from edpo.dev.workers import MONITOR, SERVICES, spawn_worker, wait_ready
+    from edpo.dev.workers import spawn_worker, wait_ready
 
     infra_up(settings)
-    # The monitor needs the global picture: one worker, whatever `instances` says (edpo/agents/monitor).
-    workers = [(service, n) for n in range(1, instances + 1) for service in SERVICES] + [(MONITOR, 1)]
+    workers = workers_to_start(instances)
     # All start at once and are waited for together: recovery and rebalances overlap.
     states = {f"{service}-{n}": spawn_worker(settings, service, n) for service, n in workers}
     urls = {f"{service}-{n}": f"http://{settings.host}:{settings.web_port(service, n)}/" for service, n in workers}
@@ -186,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--instances", type=int, default=1, help="workers per service")
 
     w = sub.add_parser("worker", help="run one service worker in the foreground")
-    w.add_argument("service", choices=["order", "warehouse", "factory", "delivery", "monitor"])
+    w.add_argument("service", choices=WORKERS)
     w.add_argument("--instance", type=int, default=1, help="instance number (web port + 100 per instance)")
     w.add_argument("--log-file", type=Path, metavar="FILE",
                    help="log to FILE, rotated at EDPO_LOG_MAX_MB (default: standard error); `edpo up` passes "
@@ -277,11 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             case "status":
                 return 0 if stack_status(settings) else 1
             case "worker":
+                if refusal := refused_instance(args.service, args.instance):
+                    raise StackError(refusal)
                 from edpo.agents import run
-
-                if args.service == "monitor" and args.instance != 1:
-                    raise StackError("the monitor runs as one worker (its dashboard needs every partition): "
-                                     "leave out --instance")
 
                 return run(args.service, settings.for_instance(args.instance), args.log_file)
             case "order":

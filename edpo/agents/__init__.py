@@ -1,25 +1,25 @@
-"""The four services, one place each: order (a package: it has a database), warehouse, factory,
-delivery; and the monitor (a package: it has its dashboard's files), a read model of their
-events. Each exposes `create_app(settings)`, its composition root."""
+"""The four services, one place each: order (it has a database), warehouse, factory, delivery; and
+the monitor (it has its dashboard's files), a read model of their events. Each is a package whose
+`create_app(settings)` is its composition root, imported only when its worker runs: a warehouse
+worker never loads the order service's or the monitor's code."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
-from edpo.agents import delivery, factory, monitor, order, warehouse
-from edpo.config import Settings
+from edpo.config import WORKERS, Settings
 from edpo.runtime.app import ServiceApp, run_worker
 
-APPS: dict[str, Callable[[Settings], ServiceApp]] = {
-    "order": order.create_app,
-    "warehouse": warehouse.create_app,
-    "factory": factory.create_app,
-    "delivery": delivery.create_app,
-    "monitor": monitor.create_app,
-}
+# Each kind of worker and the package that is its service.
+MODULES = {worker: f"{__name__}.{worker}" for worker in WORKERS}
+
+
+def create_app(service: str, settings: Settings) -> ServiceApp:
+    """One service's app, its module imported now."""
+    return import_module(MODULES[service]).create_app(settings)
 
 
 def run(service: str, settings: Settings, log_file: Path | None = None) -> int:
     """Run one service's worker in the foreground until it is stopped (logging to log_file, else to stderr)."""
-    return run_worker(APPS[service](settings), log_file)
+    return run_worker(create_app(service, settings), log_file)

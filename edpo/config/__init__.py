@@ -32,6 +32,9 @@ SERVICES = ("order", "warehouse", "factory", "delivery")
 MONITOR = "monitor"
 # Every kind of worker `edpo worker` runs and `edpo up` starts.
 WORKERS = (*SERVICES, MONITOR)
+# Kinds of worker that run as one, whatever `edpo up --instances` says, and why: one member of the
+# monitor's consumer group owns every partition, so its tables hold every order and SKU.
+SINGLE_WORKERS = {MONITOR: "its dashboard needs every partition"}
 # What a BPMN timer takes as a duration: P[nD]T[nH][nM][nS] (weeks, years and months too).
 ISO_DURATION = re.compile(r"P(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
 # Further instances of a service listen on base port + 100 * (instance - 1).
@@ -42,6 +45,20 @@ ENGINE_USER_ID = r"^[A-Za-z0-9]+$"
 SECRETS_FILE = "secrets.env"
 # The settings whose empty value means "generate one for this RUN_DIR".
 GENERATED_SECRETS = ("camunda_password", "camunda_admin_password")
+
+
+def refused_instance(worker: str, instance: int) -> str:
+    """Why `edpo worker WORKER --instance N` may not run ("" when it may): a second worker of a kind
+    that runs as one (SINGLE_WORKERS). `edpo up` starts only the instances this allows."""
+    if instance != 1 and worker in SINGLE_WORKERS:
+        return f"the {worker} runs as one worker ({SINGLE_WORKERS[worker]}): leave out --instance"
+    return ""
+
+
+def workers_to_start(instances: int) -> list[tuple[str, int]]:
+    """The workers `edpo up --instances N` starts, as (kind, instance): N of each kind, but one of those
+    that run as one."""
+    return [(kind, n) for n in range(1, instances + 1) for kind in WORKERS if not refused_instance(kind, n)]
 
 
 def _default_root() -> Path:

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
 from edpo.camunda.engine import Engine, EngineError, variables
 from edpo.config import Settings
 
-PROCESS_KEY = "order_fulfilment"
 CEILING_KEY = "edpo_ceiling"
 TOPIC_PREFIX = "ceiling-"
-BPMN = Path(__file__).resolve().parents[1] / "camunda" / "order_fulfilment.bpmn"
 # One delivery attempt is enough: the no-op courier always delivers.
 FETCH_VARIABLES = ["delivery_attempt"]
 
@@ -37,7 +36,7 @@ _TOPIC = re.compile(r'camunda:topic="([^"]+)"')
 def ceiling_bpmn(text: str, key: str = CEILING_KEY, prefix: str = TOPIC_PREFIX) -> str:
     """The process under another key (its id and the diagram's reference to it), every
     external task on a prefixed topic; nothing else changes."""
-    text = text.replace(f'"{PROCESS_KEY}"', f'"{key}"')
+    text = text.replace(f'"{ORDER_FULFILMENT}"', f'"{key}"')
     return _TOPIC.sub(lambda m: f'camunda:topic="{prefix}{m.group(1)}"', text)
 
 
@@ -98,7 +97,7 @@ class NoOpWorkers:
         self.all_done = asyncio.Event()
 
     def topics(self) -> list[dict[str, Any]]:
-        names = sorted({m.group(1) for m in _TOPIC.finditer(BPMN.read_text())})
+        names = sorted({m.group(1) for m in _TOPIC.finditer(ORDER_FULFILMENT_BPMN.read_text())})
         return [{"topicName": TOPIC_PREFIX + t, "lockDuration": 60_000, "variables": FETCH_VARIABLES} for t in names]
 
     async def serve(self) -> None:
@@ -157,7 +156,7 @@ async def deploy_ceiling(engine: Engine, settings: Settings) -> None:
     folder = settings.run_dir / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{CEILING_KEY}.bpmn"
-    path.write_text(ceiling_bpmn(BPMN.read_text()))
+    path.write_text(ceiling_bpmn(ORDER_FULFILMENT_BPMN.read_text()))
     await engine.deploy("edpo-ceiling", path)
 
 

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from edpo.camunda import ORDER_FULFILMENT_BPMN
+from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
 
 SVG = Path(__file__).resolve().parents[2] / "docs" / "order_fulfilment.svg"
 
@@ -256,7 +256,7 @@ def diagram_xml(model: Model) -> str:
     """The BPMNDiagram element for the model, as text."""
     boxes, edges = layout(model)
     out = ['  <bpmndi:BPMNDiagram id="BPMNDiagram_OrderFulfilment">',
-           '    <bpmndi:BPMNPlane id="BPMNPlane_OrderFulfilment" bpmnElement="order_fulfilment">']
+           f'    <bpmndi:BPMNPlane id="BPMNPlane_OrderFulfilment" bpmnElement="{ORDER_FULFILMENT}">']
     order = sorted(boxes, key=lambda e: model.kinds[e] != "subprocess")  # containers first
     for eid in order:
         b = boxes[eid]

@@ -17,11 +17,11 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from edpo.config import MONITOR, SERVICES, Settings
+from edpo.config import Settings
 from edpo.dev.process import ManagedProcess, StackError, port_open
 
-__all__ = ["MONITOR", "SERVICES", "Health", "free_instance", "not_ready_report", "running_instances",
-           "running_workers", "spawn_worker", "start_worker", "wait_ready", "worker_health", "worker_process"]
+__all__ = ["Health", "free_instance", "not_ready_report", "running_instances", "running_workers",
+           "spawn_worker", "start_worker", "wait_ready", "worker_health", "worker_process"]
 
 
 def worker_process(settings: Settings, service: str, instance: int = 1) -> ManagedProcess:

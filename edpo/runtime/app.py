@@ -23,9 +23,8 @@ from edpo.camunda.engine import Engine
 from edpo.camunda.worker import TaskHandler, TaskWorker
 from edpo.config import Settings
 from edpo.logs import logging_config
-from edpo.models import Message
 from edpo.models.api import Health
-from edpo.runtime.consume import TRANSIENT, Handler, consume
+from edpo.runtime.consume import TRANSIENT, Handlers, consume
 from edpo.runtime.failpoints import Failpoints
 from edpo.runtime.http import MAX_BODY, Answer, Api, Call, Reply, error_body, swagger_assets
 from edpo.runtime.metrics import CONTENT_TYPE, Metrics
@@ -227,18 +226,23 @@ class ServiceApp(faust.App):
     def struct_table(self, name: str, type_: type[T], *, help: str) -> StructTable[T]:
         return StructTable(self, name, type_, help=help, failpoints=self.failpoints)
 
-    def agent_over(self, name: str, handlers: Mapping[type[Message], Handler] | Handler, *specs: TopicSpec) -> None:
-        """An agent over specs that hands every decoded message to its type's handler (see
-        runtime.consume); a type not in the map is skipped without a handler call."""
-        handle = _dispatch(handlers) if isinstance(handlers, Mapping) else handlers
-        guarded = self.failpoints.before_handle(handle)  # handle itself unless EDPO_FAILPOINTS arms before_handle
+    def agent_over(self, name: str, handlers: Handlers, *specs: TopicSpec, read_model: bool = False) -> None:
+        """An agent over specs that hands each decoded message to the handler declared for its type
+        and skips the others (see runtime.consume); read_model: it never dead-letters (the monitor)."""
+        declared = {t for spec in specs for t in spec.types}
+        strays = sorted(t.__name__ for t in handlers if t not in declared)
+        if strays:
+            raise ValueError(f"agent {name} has handlers for {', '.join(strays)}, on none of its topics")
+
+        # Each handler runs as it is unless EDPO_FAILPOINTS arms before_handle.
+        guarded = {kind: self.failpoints.before_handle(handle) for kind, handle in handlers.items()}
 
         async def agent(stream: faust.StreamT) -> None:
             await consume(stream.events(), guarded, name=name, publish=self.publisher.publish,
-                          metrics=self.metrics.agent(name))
+                          metrics=self.metrics.agent(name), read_model=read_model)
 
         agent.__name__ = agent.__qualname__ = name
-        agent.__doc__ = handle.__doc__
+        agent.__doc__ = f"Handles {', '.join(sorted(t.__name__ for t in handlers))}."
         self.agent(raw_topic(self, *specs), name=name)(agent)
 
     def every(self, interval: float, tick: Callable[[], Awaitable[None]]) -> None:
@@ -256,19 +260,6 @@ class ServiceApp(faust.App):
         guarded.__name__ = guarded.__qualname__ = tick.__name__
         guarded.__doc__ = tick.__doc__
         self.timer(interval=interval, name=f"{self.service_name}.{tick.__name__}")(guarded)
-
-
-def _dispatch(handlers: Mapping[type[Message], Handler]) -> Handler:
-    """One handler over a {message type: handler} map; a message of another type is not handled."""
-    routes = dict(handlers)
-
-    async def handle(msg: Message) -> None:
-        chosen = routes.get(type(msg))
-        if chosen is not None:
-            await chosen(msg)
-
-    handle.__doc__ = next(iter(routes.values())).__doc__ if routes else None
-    return handle
 
 
 def readiness_gaps(*, recovered: bool, rebalancing: bool, checks: Mapping[str, bool]) -> list[str]:

@@ -17,28 +17,21 @@ import logging
 from typing import Protocol
 
 import mode
-import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import ConsumerStoppedError
 
 from edpo.models import Message
+from edpo.runtime.consume import Unread, read
 from edpo.runtime.publish import Publish
 from edpo.runtime.retry import STARTUP, Backoff
-from edpo.topics import BY_NAME, TopicSpec, route
+from edpo.topics import TopicSpec, route
 
 logger = logging.getLogger(__name__)
 
 
 class CommandUnanswered(Exception):
     """No acknowledgment arrived after every resend."""
-
-
-class _Envelope(msgspec.Struct):
-    correlation_id: str = ""
-
-
-_envelope = msgspec.json.Decoder(_Envelope)
 
 
 class Commands(Protocol):
@@ -130,21 +123,15 @@ class CommandClient(mode.Service):
             for tp, records in batch.items():
                 for record in records:
                     self._dispatch(tp.topic, record.value)
+
     def _dispatch(self, topic: str, raw: bytes) -> None:
-        try:
-            correlation = _envelope.decode(raw).correlation_id
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return  # not ours to judge; the owning service dead-letters it
-        waiter = self._waiting.get(correlation)
-        if waiter is None or waiter[0].done():
-            return
-        try:
-            msg = BY_NAME[topic].decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            logger.error("undecodable reply on %s: %s", topic, e)
-            return
+        """Answer the request waiting for this reply, if any; everything else on the topic is not ours."""
+        msg = read(topic, raw)
+        if isinstance(msg, Unread):
+            return  # not ours to judge; the owning service skips or dead-letters it
+        waiter = self._waiting.get(msg.correlation_id)
         # Progress events caused by the command share its correlation id; only an ack answers it.
-        if isinstance(msg, waiter[1]):
+        if waiter is not None and not waiter[0].done() and isinstance(msg, waiter[1]):
             waiter[0].set_result(msg)
 
 

@@ -1,7 +1,10 @@
 """The loop every agent runs: decode once, skip the unknown, dead-letter the unreadable, survive.
 
-Each record is decoded once with its topic's msgspec decoder. Unknown types are logged and
-skipped; undecodable records go to the dead-letter topic with the reason. A handler hit by a
+Each record is decoded once with its topic's msgspec decoder (`read`: the one reader of a
+record, for the agents and for the command client's replies) and handed to the handler its
+agent declared for the message's type (`{MessageType: handler}`). Unknown types, and types the
+agent has no handler for, are logged and skipped; undecodable records go to the dead-letter
+topic with the reason. A handler hit by a
 server outage is retried until the server is back (never dead-lettered, so an outage of
 PostgreSQL or Camunda delays orders instead of stranding them); a handler failing for another
 reason is retried a few times, then its record is dead-lettered. One bad message never stops
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,10 @@ from edpo.topics import BY_NAME
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[None]]
+# A handler takes the message type it is declared for (hence Any: a Callable[[Message], ...] would
+# refuse a handler of one type).
+Handler = Callable[[Any], Awaitable[None]]
+Handlers = Mapping[type[Message], Handler]
 Sleep = Callable[[float], Awaitable[None]]
 
 # Failures of a server, not of the message.
@@ -75,8 +81,12 @@ class Unread:
 
 def read_record(event: Any) -> Message | Unread:
     """The message a Faust event's record holds, decoded with its topic's declaration, or why not."""
-    raw = event.value
-    spec = BY_NAME.get(event.message.topic)
+    return read(event.message.topic, event.value)
+
+
+def read(topic: str, raw: Any) -> Message | Unread:
+    """The message a record of topic holds (its value: bytes, or None for a tombstone), or why not."""
+    spec = BY_NAME.get(topic)
     if spec is None:
         return Unread("undeclared_topic", "record from an undeclared topic")
     if not isinstance(raw, bytes):  # a tombstone (no value) or a value faust could not hand over raw
@@ -90,14 +100,31 @@ def read_record(event: Any) -> Message | Unread:
         return Unread("undecodable", str(e), f"{type(e).__name__}: {e}")
 
 
+@dataclass(frozen=True)
+class Agent:
+    """Who consumes: the agent's name, its handlers, how it dead-letters and waits.
+
+    A read model (`read_model`, the monitor) is not the owner of the records it reads: what it
+    cannot decode, or a handler gives up on, is logged and skipped (counted in
+    edpo_events_skipped_total), never dead-lettered: the record's owner does that."""
+
+    name: str
+    handlers: Handlers
+    publish: Publish
+    sleep: Sleep = asyncio.sleep
+    metrics: AgentMetrics = NO_AGENT_METRICS
+    read_model: bool = False
+
+
 async def consume(
-    events: AsyncIterable[Any], handle: Handler, *, name: str, publish: Publish, sleep: Sleep = asyncio.sleep,
-    metrics: AgentMetrics = NO_AGENT_METRICS,
+    events: AsyncIterable[Any], handlers: Handlers, *, name: str, publish: Publish, sleep: Sleep = asyncio.sleep,
+    metrics: AgentMetrics = NO_AGENT_METRICS, read_model: bool = False,
 ) -> None:
-    """Decode each record of a Faust stream's `events()` and hand it to `handle`."""
+    """Decode each record of a Faust stream's `events()` and hand it to the handler of its type."""
+    agent = Agent(name, handlers, publish, sleep, metrics, read_model)
     async for event in events:
         try:
-            await _one(event, handle, name, publish, sleep, metrics)
+            await _one(event, agent)
         except asyncio.CancelledError:
             _leave_uncommitted(event)
             raise
@@ -118,31 +145,36 @@ def _leave_uncommitted(event: Any) -> None:
                        message.topic, message.partition, message.offset)
 
 
-async def _one(event: Any, handle: Handler, name: str, publish: Publish, sleep: Sleep,
-               metrics: AgentMetrics = NO_AGENT_METRICS) -> None:
-    """Decode one record and hand it to the handler (or skip or dead-letter it)."""
-    topic = event.message.topic
+async def _one(event: Any, agent: Agent) -> None:
+    """Decode one record and hand it to its handler (or skip or dead-letter it)."""
+    topic, where = event.message.topic, f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
     msg = read_record(event)
     if isinstance(msg, Unread):
-        if msg.reason == "undecodable":
-            await dead_letter(publish, event, f"undecodable: {msg.detail}", error=msg.error, sleep=sleep)
-        else:
-            logger.warning("%s: %s on %s[%d]@%d skipped", name, msg.detail, topic, event.message.partition,
-                           event.message.offset)
-            metrics.skipped(topic, msg.reason)
+        if msg.reason == "undecodable" and not agent.read_model:
+            await dead_letter(agent.publish, event, f"undecodable: {msg.detail}", error=msg.error, sleep=agent.sleep)
+            return
+        # A newer producer's type is no fault of a read model's: its owner says so already.
+        level = logging.INFO if agent.read_model and msg.reason == "unknown_type" else logging.WARNING
+        logger.log(level, "%s: %s on %s skipped", agent.name, msg.detail, where)
+        agent.metrics.skipped(topic, msg.reason)
         return
-    kind = msg.type
-    metrics.consumed(topic, kind)
+    handle = agent.handlers.get(type(msg))
+    if handle is None:  # declared on the topic, but nothing for this agent to do
+        logger.debug("%s: no handler for %s on %s; skipped", agent.name, msg.type, where)
+        agent.metrics.skipped(topic, "not_handled")
+        return
+    agent.metrics.consumed(topic, msg.type)
     started = time.perf_counter()
     # Whatever is logged while the message is handled names its order and trace.
     with log_context(order_id=getattr(msg, "order_id", None), trace_id=msg.trace_id):
-        await _handle(event, msg, handle, name, publish, sleep, metrics)  # raises only when cancelled: not timed
-    metrics.handled(time.perf_counter() - started)
+        await _handle(event, msg, handle, agent)  # raises only when cancelled: not timed
+    agent.metrics.handled(time.perf_counter() - started)
 
 
-async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish: Publish, sleep: Sleep,
-                  metrics: AgentMetrics = NO_AGENT_METRICS) -> None:
-    """Run the handler; retry transient failures until they pass, others a few times, then dead-letter."""
+async def _handle(event: Any, msg: Message, handle: Handler, agent: Agent) -> None:
+    """Run the handler; retry transient failures until they pass, others a few times, then dead-letter
+    (a read model skips the record instead)."""
+    name, metrics = agent.name, agent.metrics
     outages = failures = 0
     while True:
         try:
@@ -156,18 +188,22 @@ async def _handle(event: Any, msg: Message, handle: Handler, name: str, publish:
             logger.warning("%s: %s hit a server failure (%s: %s); retry in %.1fs", name, msg.type,
                            type(e).__name__, e, pause)
             metrics.retried("outage")
-            await sleep(pause)
+            await agent.sleep(pause)
         except Exception as e:  # noqa: BLE001 - one bad message must not stop the agent
             failures += 1
             if failures >= HANDLER_ATTEMPTS:
-                logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, failures)
                 text = f"{type(e).__name__}: {e}"
-                await dead_letter(publish, event, f"handler failed: {text}", error=text,
-                                  attempts=outages + failures, sleep=sleep)
+                if agent.read_model:
+                    logger.exception("%s: %s %s failed %d times; skipped", name, msg.type, msg.id, failures)
+                    metrics.skipped(event.message.topic, "handler_failed")
+                    return
+                logger.exception("%s: %s failed %d times; dead-lettered", name, msg.type, failures)
+                await dead_letter(agent.publish, event, f"handler failed: {text}", error=text,
+                                  attempts=outages + failures, sleep=agent.sleep)
                 return
             logger.warning("%s: %s failed (%s), retry %d", name, msg.type, e, failures)
             metrics.retried("failure")
-            await sleep(HANDLER.delay(failures))
+            await agent.sleep(HANDLER.delay(failures))
 
 
 async def dead_letter(

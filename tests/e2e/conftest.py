@@ -13,6 +13,7 @@ from typing import IO, Any, TypeVar
 import aiohttp
 import pytest
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from edpo.runtime.http import bearer
@@ -227,7 +228,7 @@ async def engine(stack: Settings) -> Engine:
 async def ended_at(engine: Engine, order_id: str, timeout: float = 30) -> list[str]:
     """The end events the order's process instance reached, once it has ended."""
     history = await eventually(
-        lambda: engine.history_instances("order_fulfilment", order_id),
+        lambda: engine.history_instances(ORDER_FULFILMENT, order_id),
         lambda h: len(h) == 1 and h[0]["state"] == "COMPLETED", timeout, f"process of {order_id} to complete",
     )
     acts = await engine.activity_history(history[0]["id"])

@@ -1,7 +1,7 @@
 """The API token and the API descriptions, on the running stack (make test sets EDPO_API_TOKEN).
 
 Which routes a worker has is read from its own app: each service's app is built here as the
-worker builds it (`APPS[service]`, its operations mounted, Faust's views added) and its aiohttp
+worker builds it (`edpo.agents.create_app`, its operations mounted, Faust's views added) and its aiohttp
 router listed, so Faust's views (/, /table/..., /router/...), absent from the OpenAPI documents,
 are covered too, and no route needs to be added to the services for it. That the running
 workers serve this very table is checked on each: their documents list the same operations,
@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from openapi_spec_validator import validate
 
-from edpo.agents import APPS
+from edpo.agents import create_app
 from edpo.config import WORKERS, Settings
 from edpo.runtime.app import ServiceApp
 
@@ -50,7 +50,7 @@ def documented_open_routes() -> dict[str, set[tuple[str, str]]]:
 def route_table(settings: Settings, service: str) -> tuple[set[tuple[str, str]], ServiceApp]:
     """Every (method, path) the service's worker serves, read from its app's aiohttp router after
     the worker's own steps (its operations, then Faust's views): static files as PREFIX/{file}."""
-    app = APPS[service](settings)
+    app = create_app(service, settings)
     app.mount_api()
     app.web.init_server()
     routes = set()

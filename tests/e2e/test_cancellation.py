@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from tests.e2e.conftest import FINAL, Api, ended_at, eventually, lines
@@ -124,7 +125,7 @@ async def test_a_service_that_does_not_answer_becomes_an_incident_and_a_retry_fi
         oid = order["order_id"]
 
         async def incidents() -> list[dict]:
-            instances = await engine.process_instances("order_fulfilment", oid)
+            instances = await engine.process_instances(ORDER_FULFILMENT, oid)
             if not instances:
                 return []
             return await engine.request("GET", "/incident", params={"processInstanceId": instances[0]["id"]})

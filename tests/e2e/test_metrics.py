@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.config import Settings
 from edpo.config.catalog import load_catalog
 
@@ -72,7 +73,7 @@ async def test_a_delivered_order_moves_the_counters_histograms_and_gauges_of_eve
         ("order", "edpo_events_produced_total", {"topic": "warehouse-commands", "type": "AcceptOrder"}),
         ("order", "edpo_events_consumed_total", {"topic": "delivery-events", "type": "DeliveryCompleted"}),
         ("order", "edpo_handler_seconds_count", {"agent": "order_lifecycle"}),
-        ("order", "edpo_engine_requests_total", {"kind": "POST /process-definition/key/order_fulfilment/start"}),
+        ("order", "edpo_engine_requests_total", {"kind": f"POST /process-definition/key/{ORDER_FULFILMENT}/start"}),
         # The warehouse: accepted, reserved, packed and shipped it, and ran the process's tasks.
         ("warehouse", "edpo_events_consumed_total", {"topic": "warehouse-commands", "type": "AcceptOrder"}),
         ("warehouse", "edpo_events_produced_total", {"topic": "warehouse-events", "type": "StockReserved"}),

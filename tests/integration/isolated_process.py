@@ -10,17 +10,18 @@ import re
 import tempfile
 from pathlib import Path
 
-SOURCE_BPMN = Path(__file__).resolve().parents[2] / "edpo" / "camunda" / "order_fulfilment.bpmn"
-KEY = "order_fulfilment_isolated_test"
+from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
+
+KEY = f"{ORDER_FULFILMENT}_isolated_test"
 TOPIC_PREFIX = "isolated-test-"
 DEPLOYMENT = "edpo-order-fulfilment-isolated-test"
 
 
 def model_copy(key: str, topic_prefix: str) -> Path:
     """The order_fulfilment model under another process key, its task topics prefixed."""
-    text = SOURCE_BPMN.read_text()
-    assert 'id="order_fulfilment"' in text
-    text = text.replace('id="order_fulfilment"', f'id="{key}"')
+    text = ORDER_FULFILMENT_BPMN.read_text()
+    assert f'id="{ORDER_FULFILMENT}"' in text
+    text = text.replace(f'id="{ORDER_FULFILMENT}"', f'id="{key}"')
     text = re.sub(r'camunda:topic="([a-z-]+)"', lambda m: f'camunda:topic="{topic_prefix}{m.group(1)}"', text)
     path = Path(tempfile.gettempdir()) / f"{key}.bpmn"
     path.write_text(text)

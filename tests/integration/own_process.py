@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine, variables
 from tests.integration.isolated_process import QUIET_DEADLINES, model_copy
 
@@ -56,7 +57,7 @@ class OwnProcess:
 @asynccontextmanager
 async def own_process(engine: Engine, name: str) -> AsyncIterator[OwnProcess]:
     run = uuid.uuid4().hex[:8]
-    key = f"order_fulfilment_{name}_{run}"
+    key = f"{ORDER_FULFILMENT}_{name}_{run}"
     topic_prefix = f"{name}-{run}-"
     path = model_copy(key, topic_prefix)
     process = OwnProcess(engine, key, topic_prefix, f"edpo-test-{name}-{run}", path)

@@ -75,3 +75,33 @@ def test_up_fails_with_one_clear_line_when_a_port_is_taken(isolated_env) -> None
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "port 127.0.0.1:19092 is taken" in lines[0], result.stderr
+
+
+def _processes_running(*words: str) -> list[int]:
+    """Pids of live processes whose command line holds every word, in order."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        text = " ".join(a.decode(errors="replace") for a in argv)
+        if proc.name.isdigit() and " ".join(words) in text:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_second_monitor_worker_is_refused_and_nothing_stays_behind(tmp_path: Path) -> None:
+    from edpo.config import Settings
+
+    # A run dir and a broker of its own: a worker that wrongly started would touch nothing shared.
+    env = dict(os.environ, EDPO_RUN_DIR=str(tmp_path), EDPO_KAFKA_PORT="19099")
+    monitor_2 = Settings(run_dir=tmp_path).web_port("monitor", 2)
+    result = subprocess.run([sys.executable, "-m", "edpo.cli", "worker", "monitor", "--instance", "2"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == ("edpo: the monitor runs as one worker (its dashboard needs every partition): "
+                                     "leave out --instance")
+    assert _processes_running("edpo.cli", "worker", "monitor", "--instance", "2") == []
+    assert not port_open("127.0.0.1", monitor_2), "no monitor-2 web server"
+    assert not (tmp_path / "faust").exists(), "no worker state was created"

@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine
 from edpo.config import Settings
 from edpo.dev.servers import CAMUNDA_DATABASE
@@ -54,9 +55,9 @@ async def test_the_engines_rows_are_in_the_camunda_database_of_the_projects_post
     definition_ids = [d["id"] for d in definitions]
     stored = await conn.fetch("SELECT id_, key_ FROM act_re_procdef WHERE id_ = ANY($1::text[])", definition_ids)
     assert {r["id_"] for r in stored} == set(definition_ids)
-    if any(d["key"] == "order_fulfilment" for d in definitions):  # deployed once the order service ran
+    if any(d["key"] == ORDER_FULFILMENT for d in definitions):  # deployed once the order service ran
         ttl = await conn.fetchval(
-            "SELECT history_ttl_ FROM act_re_procdef WHERE key_ = 'order_fulfilment' ORDER BY version_ DESC LIMIT 1")
+            "SELECT history_ttl_ FROM act_re_procdef WHERE key_ = $1 ORDER BY version_ DESC LIMIT 1", ORDER_FULFILMENT)
         assert ttl == 7, "order_fulfilment.bpmn declares camunda:historyTimeToLive P7D"
 
 

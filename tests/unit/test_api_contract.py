@@ -247,7 +247,7 @@ async def test_a_valid_write_answers_with_its_idempotency_key(client: TestClient
 def test_each_service_document_is_valid_openapi_3_1_and_matches_its_routes(service: str) -> None:
     from edpo import agents
 
-    app = agents.APPS[service](Settings(api_token="t"))
+    app = agents.create_app(service, Settings(api_token="t"))
     document = app.api.openapi()
     validate(document)
     assert document["openapi"] == "3.1.0"
@@ -283,7 +283,7 @@ async def test_faust_views_of_a_table_the_service_lacks_answer_404_naming_its_ta
     """Faust's /router/{name}/ raised KeyError for an unknown table (a 500); its key views said 503."""
     from edpo import agents
 
-    app = agents.APPS["factory"](Settings(api_token=""))
+    app = agents.create_app("factory", Settings(api_token=""))
     app.mount_api()
     app.web.init_server()  # Faust's own views, as when the worker's web server starts
     async with TestClient(TestServer(app.web.web_app)) as c:

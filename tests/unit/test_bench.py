@@ -15,7 +15,8 @@ from edpo.camunda.engine import variables
 from edpo.cli import build_parser
 from edpo.config import Settings
 from edpo.dev import bench
-from edpo.dev.ceiling import BPMN, CEILING_KEY, ceiling_bpmn, start_values
+from edpo.camunda import ORDER_FULFILMENT, ORDER_FULFILMENT_BPMN
+from edpo.dev.ceiling import CEILING_KEY, ceiling_bpmn, start_values
 
 BPMN_NS = "{http://www.omg.org/spec/BPMN/20100524/MODEL}"
 CAMUNDA_NS = "{http://camunda.org/schema/1.0/bpmn}"
@@ -145,8 +146,8 @@ def _external_tasks(root: ET.Element) -> dict[str, str]:
 
 
 def test_ceiling_bpmn_keeps_every_external_task_on_renamed_topics_under_another_key() -> None:
-    original = ET.fromstring(BPMN.read_bytes())
-    text = ceiling_bpmn(BPMN.read_text())
+    original = ET.fromstring(ORDER_FULFILMENT_BPMN.read_bytes())
+    text = ceiling_bpmn(ORDER_FULFILMENT_BPMN.read_text())
     rewritten = ET.fromstring(text.encode())
 
     before, after = _external_tasks(original), _external_tasks(rewritten)
@@ -158,7 +159,7 @@ def test_ceiling_bpmn_keeps_every_external_task_on_renamed_topics_under_another_
     assert [p.get("id") for p in processes] == [CEILING_KEY]
     plane = rewritten.find(f".//{DI_NS}BPMNPlane")
     assert plane is not None and plane.get("bpmnElement") == CEILING_KEY
-    assert "order_fulfilment" not in text
+    assert ORDER_FULFILMENT not in text
     # Everything else is the same shape: as many elements, the same messages.
     assert len(list(rewritten.iter())) == len(list(original.iter()))
     assert [m.get("name") for m in rewritten.findall(f"{BPMN_NS}message")] == \

@@ -74,7 +74,8 @@ class Recorder:
         self.pauses.append(seconds)
 
     async def consume(self, events: list[FakeEvent]) -> None:
-        await consume(FakeStream(events).events(), self.handler, name="t", publish=self.publish, sleep=self.sleep)
+        await consume(FakeStream(events).events(), {ReserveStock: self.handler}, name="t", publish=self.publish,
+                      sleep=self.sleep)
 
 
 @pytest.fixture
@@ -234,7 +235,31 @@ async def test_what_a_handler_logs_names_the_order_and_trace_of_its_message() ->
     async def publish(msg: Message, **kw: Any) -> None:
         return None
 
-    await consume(FakeStream([FakeEvent(encode(traced))]).events(), handle, name="test", publish=publish)
+    await consume(FakeStream([FakeEvent(encode(traced))]).events(), {ReserveStock: handle}, name="test",
+                  publish=publish)
 
     assert seen == [{"order_id": "o-7", "trace_id": "t-7"}]
     assert current_context() == {}, "the ids are gone once the message is handled"
+
+
+async def test_a_declared_type_the_agent_has_no_handler_for_is_skipped_and_counted(recorder: Recorder) -> None:
+    from edpo.models import PackGoods
+    from edpo.runtime.metrics import Metrics
+
+    m = Metrics("warehouse")
+    pack = encode(PackGoods(order_id="o-1"))  # declared on warehouse-commands, not handled by this agent
+    await consume(FakeStream([FakeEvent(pack), FakeEvent(_valid())]).events(), {ReserveStock: recorder.handler},
+                  name="t", publish=recorder.publish, sleep=recorder.sleep, metrics=m.agent("t"))
+    assert [msg.type for msg in recorder.handled] == ["ReserveStock"]
+    assert recorder.letters == []
+    text = (await m.exposition()).decode()
+    assert 'edpo_events_skipped_total{reason="not_handled",service="warehouse",topic="warehouse-commands"} 1.0' in text
+
+
+async def test_a_read_model_skips_what_it_cannot_decode_or_apply_and_never_dead_letters(recorder: Recorder) -> None:
+    recorder.failures = [ValueError("bug")] * HANDLER_ATTEMPTS
+    await consume(FakeStream([FakeEvent(b"not json"), FakeEvent(_valid()), FakeEvent(_valid())]).events(),
+                  {ReserveStock: recorder.handler}, name="monitor", publish=recorder.publish, sleep=recorder.sleep,
+                  read_model=True)
+    assert recorder.letters == [], "the record's owner dead-letters it, not a read model"
+    assert len(recorder.handled) == 1, "the failing record is skipped and the next one applied"

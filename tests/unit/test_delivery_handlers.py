@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edpo.agents.delivery import Courier
+from edpo.agents.delivery.handlers import Courier
 from edpo.domain.delivery import RANDOM_FAILURE, Attempt, Delivery, DeliveryPolicy
 from edpo.models import (
     DeliveryAccepted,
@@ -47,7 +47,7 @@ def ticks(publish: RecordingPublish) -> list[tuple[str, int]]:
 async def test_start_delivery_is_stored_due_after_the_courier_time_and_acknowledged() -> None:
     rig = Rig()
     cmd = StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1")
-    await rig.courier.on_command(cmd)
+    await rig.courier.on_start_delivery(cmd)
     stored = rig.table.get(ORDER)
     assert stored is not None and stored.attempts["1"].due_at == 103.0 and stored.attempts["1"].failure == ""
     assert [(type(m), m.correlation_id) for m in rig.publish.sent] == [
@@ -56,7 +56,7 @@ async def test_start_delivery_is_stored_due_after_the_courier_time_and_acknowled
 
 async def test_the_dice_roll_decides_a_random_failure_at_the_start() -> None:
     rig = Rig(roll=0.1)  # below the failure rate
-    await rig.courier.on_command(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
+    await rig.courier.on_start_delivery(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
     stored = rig.table.get(ORDER)
     assert stored is not None and stored.attempts["1"].failure == RANDOM_FAILURE
 
@@ -68,7 +68,7 @@ async def test_the_dice_roll_decides_a_random_failure_at_the_start() -> None:
 async def test_finish_delivery_stores_and_publishes_the_outcome(failure: str, outcome: type[Message],
                                                                 status: str) -> None:
     rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(100.0, failure)})})
-    await rig.courier.on_command(FinishDelivery(order_id=ORDER, attempt=1))
+    await rig.courier.on_finish_delivery(FinishDelivery(order_id=ORDER, attempt=1))
     stored = rig.table.get(ORDER)
     assert stored is not None and stored.attempts["1"].status == status
     assert rig.publish.types() == [outcome]
@@ -78,9 +78,9 @@ async def test_finish_delivery_stores_and_publishes_the_outcome(failure: str, ou
     DeliveryAccepted(order_id=ORDER, attempt=1),
     DeliveryCompleted(order_id=ORDER, attempt=1),
 ], ids=lambda m: m.type)
-async def test_courier_skips_messages_it_does_not_handle(msg: Message) -> None:
+async def test_courier_declares_no_handler_for_messages_it_does_not_handle(msg: Message) -> None:
     rig = Rig()
-    await rig.courier.on_command(msg)
+    assert type(msg) not in rig.courier.handlers(), "the agent loop skips what has no handler"
     assert rig.table.rows == {}
     assert rig.publish.sent == []
 
@@ -110,7 +110,7 @@ async def test_timer_ticks_a_due_attempt_once_while_the_agent_catches_up() -> No
 async def test_withdraw_delivery_calls_the_courier_back_and_answers() -> None:
     rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(103.0)})})
     cmd = WithdrawDelivery(order_id=ORDER, final=True)
-    await rig.courier.on_command(cmd)
+    await rig.courier.on_withdraw_delivery(cmd)
     stored = rig.table.get(ORDER)
     assert stored is not None and stored.attempts["1"].status == "withdrawn" and stored.closed
     [reply] = rig.publish.sent
@@ -121,8 +121,8 @@ async def test_withdraw_delivery_calls_the_courier_back_and_answers() -> None:
 async def test_resent_withdraw_delivery_gets_the_same_answer() -> None:
     rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(103.0)})})
     cmd = WithdrawDelivery(order_id=ORDER, attempt=1)
-    await rig.courier.on_command(cmd)
-    await rig.courier.on_command(cmd)
+    await rig.courier.on_withdraw_delivery(cmd)
+    await rig.courier.on_withdraw_delivery(cmd)
     first, resent = rig.publish.sent
     assert isinstance(first, DeliveryWithdrawn) and isinstance(resent, DeliveryWithdrawn)
     assert (resent.id, resent.outcome) == (first.id, first.outcome) == (first.id, "withdrawn")
@@ -130,10 +130,10 @@ async def test_resent_withdraw_delivery_gets_the_same_answer() -> None:
 
 async def test_withdraw_delivery_of_an_order_never_seen_is_remembered_when_final() -> None:
     rig = Rig()
-    await rig.courier.on_command(WithdrawDelivery(order_id=ORDER, final=True))
+    await rig.courier.on_withdraw_delivery(WithdrawDelivery(order_id=ORDER, final=True))
     assert [(type(m), m.outcome) for m in rig.publish.sent] == [(DeliveryWithdrawn, "none")]
     late = StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1")
-    await rig.courier.on_command(late)
+    await rig.courier.on_start_delivery(late)
     stored = rig.table.get(ORDER)
     assert stored is not None and stored.closed and stored.attempts == {}
     assert [(type(m), m.correlation_id) for m in rig.publish.sent[1:]] == [(DeliveryRejected, late.id)]
@@ -141,7 +141,7 @@ async def test_withdraw_delivery_of_an_order_never_seen_is_remembered_when_final
 
 async def test_withdrawn_attempt_is_never_ticked_and_is_forgotten_without_last_words() -> None:
     rig = Rig({ORDER: Delivery(order_id=ORDER, attempts={"1": in_transit(103.0)})})
-    await rig.courier.on_command(WithdrawDelivery(order_id=ORDER))
+    await rig.courier.on_withdraw_delivery(WithdrawDelivery(order_id=ORDER))
     rig.publish.sent.clear()
     rig.now += 10.0
     await rig.courier.finish_due_deliveries()
@@ -149,7 +149,7 @@ async def test_withdrawn_attempt_is_never_ticked_and_is_forgotten_without_last_w
     rig.now += 300.0  # the default retention
     await rig.courier.finish_due_deliveries()
     assert rig.publish.types() == [ForgetDelivery]
-    await rig.courier.on_command(rig.publish.sent[0])
+    await rig.courier.handlers()[type(rig.publish.sent[0])](rig.publish.sent[0])
     assert rig.table.rows == {}
     assert rig.publish.types() == [ForgetDelivery]  # a withdrawn attempt has no outcome to repeat
 
@@ -172,7 +172,7 @@ async def test_between_sweeps_the_timer_looks_only_at_deliveries_in_transit() ->
     courier = Courier(POLICY, table, publish, clock=lambda: now[0], dice=lambda: 0.9)
     await courier.finish_due_deliveries()  # the first tick sweeps
     assert table.scans == 1
-    await courier.on_command(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
+    await courier.on_start_delivery(StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1"))
     now[0] += 0.2
     await courier.finish_due_deliveries()
     assert table.scans == 1 and ticks(publish) == []  # not due yet, and no scan

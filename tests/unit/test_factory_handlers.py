@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edpo.agents.factory import Factory
+from edpo.agents.factory.handlers import Factory
 from edpo.domain.factory import ProductionLine, ProductionPlan
 from edpo.models import (
     CompleteProduction,
@@ -55,7 +55,7 @@ def ticks(publish: RecordingPublish) -> list[tuple[str, str]]:
 async def test_manufacture_request_is_acknowledged_and_starts_a_batch_due_after_the_lead_time() -> None:
     rig = Rig()
     cmd = ManufactureItems(sku="A", quantity=5, request_id="o-1:A")
-    await rig.factory.on_command(cmd)
+    await rig.factory.on_manufacture_items(cmd)
     stored = rig.table.get("A")
     assert stored is not None and (stored.current_id, stored.current_qty, stored.due_at) == ("p1", 5, 1000.0 + LEAD_TIME)
     assert rig.publish.types() == [ProductionRequested, ProductionStarted]
@@ -66,7 +66,7 @@ async def test_manufacture_request_is_acknowledged_and_starts_a_batch_due_after_
 
 async def test_completed_batch_is_stored_and_its_goods_published() -> None:
     rig = Rig({"A": running("A", "p0", due_at=990.0)})
-    await rig.factory.on_command(CompleteProduction(sku="A", production_id="p0"))
+    await rig.factory.on_complete_production(CompleteProduction(sku="A", production_id="p0"))
     stored = rig.table.get("A")
     assert stored is not None and (stored.current_id, stored.produced_total, stored.batches) == ("", 5, 1)
     assert [(type(m), m.quantity) for m in rig.publish.sent if isinstance(m, ItemsManufactured)] == [
@@ -78,11 +78,8 @@ async def test_completed_batch_is_stored_and_its_goods_published() -> None:
     ProductionStarted(sku="A", production_id="p1", quantity=5),
     ItemsManufactured(sku="A", production_id="p1", quantity=5),
 ], ids=lambda m: m.type)
-async def test_factory_skips_messages_it_does_not_handle(msg: Message) -> None:
-    rig = Rig()
-    await rig.factory.on_command(msg)
-    assert rig.table.rows == {}
-    assert rig.publish.sent == []
+async def test_factory_declares_no_handler_for_messages_it_does_not_handle(msg: Message) -> None:
+    assert type(msg) not in Rig().factory.handlers(), "the agent loop skips what has no handler"
 
 
 async def test_timer_ticks_only_batches_whose_lead_time_is_over() -> None:

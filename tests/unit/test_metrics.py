@@ -12,11 +12,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from edpo.agents.delivery import watch_deliveries
-from edpo.agents.factory import watch_production
+from edpo.agents.delivery.web import watch_deliveries
+from edpo.agents.factory.web import watch_production
 from edpo.agents.order.web import watch_orders
 from edpo.agents.order.store import OrderStore
-from edpo.agents.warehouse import watch_stock
+from edpo.agents.warehouse.web import watch_stock
 from edpo.camunda.worker import TaskWorker
 from edpo.config import Settings
 from edpo.domain.delivery import Attempt, Delivery
@@ -60,8 +60,8 @@ async def test_the_agent_loop_counts_records_by_topic_and_type_and_times_its_han
     recorder = Recorder()
     events = [FakeEvent(_reserve("o-1")), FakeEvent(_reserve("o-2")),
               FakeEvent(b'{"type": "SomethingNew"}'), FakeEvent(_reserve(), message=FakeRecord("nobody-declared-it"))]
-    await consume(FakeStream(events).events(), recorder.handler, name="order_desk", publish=recorder.publish,
-                  sleep=recorder.sleep, metrics=m.agent("order_desk"))
+    await consume(FakeStream(events).events(), {ReserveStock: recorder.handler}, name="order_desk",
+                  publish=recorder.publish, sleep=recorder.sleep, metrics=m.agent("order_desk"))
     s = await scrape(m)
     assert value(s, "edpo_events_consumed_total", service="warehouse", topic="warehouse-commands",
                  type="ReserveStock") == 2
@@ -76,7 +76,7 @@ async def test_the_agent_loop_counts_records_by_topic_and_type_and_times_its_han
 async def test_handler_retries_are_counted_by_kind() -> None:
     m = Metrics("order")
     recorder = Recorder(failures=[ConnectionRefusedError("db"), ValueError("bug"), ValueError("bug")])
-    await consume(FakeStream([FakeEvent(_reserve())]).events(), recorder.handler, name="lifecycle",
+    await consume(FakeStream([FakeEvent(_reserve())]).events(), {ReserveStock: recorder.handler}, name="lifecycle",
                   publish=recorder.publish, sleep=recorder.sleep, metrics=m.agent("lifecycle"))
     s = await scrape(m)
     assert value(s, "edpo_handler_retries_total", service="order", agent="lifecycle", kind="outage") == 1
@@ -88,7 +88,7 @@ async def test_handler_retries_are_counted_by_kind() -> None:
 async def test_a_record_that_fails_every_time_is_timed_once_and_not_counted_twice() -> None:
     m = Metrics("order")
     recorder = Recorder(failures=[ValueError("bug")] * HANDLER_ATTEMPTS)
-    await consume(FakeStream([FakeEvent(_reserve())]).events(), recorder.handler, name="lifecycle",
+    await consume(FakeStream([FakeEvent(_reserve())]).events(), {ReserveStock: recorder.handler}, name="lifecycle",
                   publish=recorder.publish, sleep=recorder.sleep, metrics=m.agent("lifecycle"))
     s = await scrape(m)
     assert recorder.dead == ["handler failed: ValueError: bug"]
@@ -345,7 +345,7 @@ async def test_order_gauges_show_every_status_and_the_backlog_and_go_quiet_while
 async def test_metrics_are_served_as_prometheus_text_and_need_the_token_when_one_is_set(token: str) -> None:
     from edpo import agents
 
-    app = agents.APPS["factory"](Settings(api_token=token))
+    app = agents.create_app("factory", Settings(api_token=token))
     app.metrics.sent("factory-events", "ItemsManufactured")
     web_app = web.Application(middlewares=[app.api.guard(())])
     app.api.mount(web_app.router, None)
@@ -397,7 +397,7 @@ async def test_the_readme_lists_every_metric_a_service_serves(service: str) -> N
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
-    app = agents.APPS[service](Settings())
+    app = agents.create_app(service, Settings())
     served = set(re.findall(r"^# TYPE (\S+) ", (await app.metrics.exposition()).decode(), re.MULTILINE))
     assert "edpo_events_consumed_total" in served
     assert {name for name in served if f"`{name}`" not in section} == set(), "list them in README's Metrics section"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from edpo.agents.monitor import Monitor, has_session, session_value
+from edpo.agents.monitor.handlers import Monitor
+from edpo.agents.monitor.web import batch_rows, dead_letters, has_session, session_value, stock_rows
 from edpo.domain.monitor import (
     Board,
     DeadLetterBox,
@@ -200,19 +201,20 @@ async def test_the_monitor_keeps_orders_stock_and_dead_letters_and_counts_change
     board = Board()
     monitor = Monitor(orders, stock, production, letters, board)
     first = placed()
-    await monitor.on_order_event(first, "order-events")
-    await monitor.on_order_event(first, "order-events")  # a duplicate
-    await monitor.on_order_event(StockPartiallyReserved(order_id=ORDER, missing=[Line(sku="CABLE", quantity=1)]),
-                                 "warehouse-events")
-    await monitor.on_stock_event(StockLevelChanged(sku="CABLE", on_hand=5, reserved=4, reason="reserved"))
-    await monitor.on_stock_event(ProductionStarted(sku="CABLE", production_id="p", quantity=10))
+    await monitor.on_order_event(first)
+    await monitor.on_order_event(first)  # a duplicate
+    await monitor.on_order_event(StockPartiallyReserved(order_id=ORDER, missing=[Line(sku="CABLE", quantity=1)]))
+    await monitor.on_stock_level(StockLevelChanged(sku="CABLE", on_hand=5, reserved=4, reason="reserved"))
+    await monitor.on_production(ProductionStarted(sku="CABLE", production_id="p", quantity=10))
     await monitor.on_dead_letter(DeadLetter(topic="t", partition=0, offset=1, key=None, reason="r", payload=""))
     assert monitor.changes == 5
     assert orders.get(ORDER).status == "PLACED" and board.briefs[ORDER].waiting == [Line(sku="CABLE", quantity=1)]
-    [row] = monitor.stock_rows()
+    assert [step.topic for step in orders.get(ORDER).steps] == ["order-events", "warehouse-events"], \
+        "each step names the topic its event travels on"
+    [row] = stock_rows(monitor)
     assert (row.on_hand, row.reserved, row.available, row.waiting, row.in_production) == (5, 4, 1, 1, 10)
-    assert [b.production_id for b in monitor.batch_rows()] == ["p"]
-    assert monitor.dead_letters().count == 1 and monitor.dead_letters().items[0].key == ""
+    assert [b.production_id for b in batch_rows(monitor)] == ["p"]
+    assert dead_letters(monitor).count == 1 and dead_letters(monitor).items[0].key == ""
 
 
 async def test_an_order_finished_longer_than_the_retention_ago_is_forgotten_and_no_other() -> None:
@@ -232,10 +234,10 @@ async def test_an_order_finished_longer_than_the_retention_ago_is_forgotten_and_
     await monitor.forget_finished()
     await monitor.forget_finished()  # not sent again while the first is on its way
     assert [(type(m), m.order_id) for m in publish.sent] == [(ForgetOrderView, "done")]
-    await monitor.on_order_event(publish.sent[0])
+    await monitor.on_forget_order_view(publish.sent[0])
     assert orders.get("done") is None and "done" not in board.briefs
     assert orders.get("open") is not None and board.counts()["SHIPPED"] == 1
-    await monitor.on_order_event(ForgetOrderView(order_id="open"))  # a tick for an order still going
+    await monitor.on_forget_order_view(ForgetOrderView(order_id="open"))  # a tick for an order still going
     assert orders.get("open") is not None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edpo.agents.warehouse import unstocked_skus
+from edpo.agents.warehouse.web import unstocked_skus
 from edpo.dev.workers import Health, not_ready_report
 from edpo.runtime.app import readiness_gaps
 

@@ -18,9 +18,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from edpo.agents.delivery import Courier
-from edpo.agents.factory import Factory
-from edpo.agents.warehouse import Warehouse
+from edpo.agents.delivery.handlers import Courier
+from edpo.agents.factory.handlers import Factory
+from edpo.agents.warehouse.handlers import Warehouse
 from edpo.config.catalog import Catalog, CatalogItem
 from edpo.domain.delivery import Delivery, DeliveryPolicy
 from edpo.domain.factory import ProductionLine, ProductionPlan
@@ -376,7 +376,7 @@ def warehouse(stock_rows: dict[str, SkuStock] | None = None,
 async def test_stock_keeper_killed_after_storing_republishes_on_redelivery(msg: Message,
                                                                           facts: tuple[type[Message], ...]) -> None:
     w, publish = warehouse(stock_rows={SKU: stock(3, ("o1", 3), ("o2", 2))})
-    lost, rows = await crash_then_redeliver(w.on_stock_message, w.stock_by_sku, msg, publish)
+    lost, rows = await crash_then_redeliver(w.stock_keeper_handlers()[type(msg)], w.stock_by_sku, msg, publish)
     assert ids(lost, facts), "the case loses a reservation"
     assert set(ids(lost, facts)) <= set(ids(publish.sent, facts))
     rows[SKU].check()
@@ -393,7 +393,8 @@ async def test_stock_keeper_killed_after_storing_republishes_on_redelivery(msg: 
 async def test_order_desk_killed_after_storing_republishes_on_redelivery(
         msg: Message, state: OrderReservation | None, facts: tuple[type[Message], ...]) -> None:
     w, publish = warehouse(reservations={ORDER: state} if state else None)
-    lost, _ = await crash_then_redeliver(w.on_order_message, w.reservations_by_order, msg, publish)
+    lost, _ = await crash_then_redeliver(w.order_desk_handlers()[type(msg)], w.reservations_by_order, msg,
+                                     publish)
     assert ids(lost, facts)
     assert ids(publish.sent, facts) == ids(lost, facts)
 
@@ -403,13 +404,13 @@ async def test_factory_killed_after_storing_republishes_on_redelivery() -> None:
     table: MemoryTable[ProductionLine] = MemoryTable()
     _, plan = plant()
     factory = Factory(plan, table, publish, FakeCommands(), clock=lambda: 0.0)
-    lost, _ = await crash_then_redeliver(factory.on_command, table, ManufactureItems(sku=SKU, quantity=4,
-                                                                                     request_id="q1"), publish)
+    manufacture = ManufactureItems(sku=SKU, quantity=4, request_id="q1")
+    lost, _ = await crash_then_redeliver(factory.on_manufacture_items, table, manufacture, publish)
     assert ids(publish.sent, (ProductionRequested,)) == ids(lost, (ProductionRequested,)) != []
 
     publish.lost, publish.sent = None, []
-    lost, rows = await crash_then_redeliver(factory.on_command, table, CompleteProduction(sku=SKU, production_id="p1"),
-                                            publish)
+    complete = CompleteProduction(sku=SKU, production_id="p1")
+    lost, rows = await crash_then_redeliver(factory.on_complete_production, table, complete, publish)
     assert ids(publish.sent, (ItemsManufactured,)) == ids(lost, (ItemsManufactured,)) != []
     assert (rows[SKU].produced_total, rows[SKU].batches) == (4, 1)
 
@@ -420,13 +421,13 @@ async def test_courier_killed_after_storing_republishes_on_redelivery() -> None:
     now = [0.0]
     courier = Courier(POLICY, table, publish, clock=lambda: now[0], dice=lambda: 0.5)
     start = StartDelivery(order_id=ORDER, attempt=1, delivery_address="Main St 1")
-    lost, _ = await crash_then_redeliver(courier.on_command, table, start, publish)
+    lost, _ = await crash_then_redeliver(courier.on_start_delivery, table, start, publish)
     facts = (DeliveryAccepted, DeliveryStarted)
     assert ids(publish.sent, facts) == ids(lost, facts) != []
 
     publish.lost, publish.sent = None, []
     now[0] = 1000.0  # the courier's time is up
-    lost, rows = await crash_then_redeliver(courier.on_command, table, FinishDelivery(order_id=ORDER, attempt=1),
-                                            publish)
+    finish = FinishDelivery(order_id=ORDER, attempt=1)
+    lost, rows = await crash_then_redeliver(courier.on_finish_delivery, table, finish, publish)
     assert ids(publish.sent, (DeliveryCompleted,)) == ids(lost, (DeliveryCompleted,)) != []
     assert rows[ORDER].attempts["1"].status == "delivered"

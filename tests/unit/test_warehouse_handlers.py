@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edpo.agents.warehouse import Warehouse
+from edpo.agents.warehouse.handlers import Warehouse
 from edpo.config.catalog import Catalog, CatalogItem
 from edpo.domain.reservation import OrderReservation
 from edpo.domain.stock import InvariantViolation, SkuStock
@@ -27,6 +27,7 @@ from edpo.models import (
     OrderRejected,
     PackGoods,
     PackingRejected,
+    ProductionRequested,
     ProductionStarted,
     ReceiveStock,
     ReleaseStock,
@@ -73,7 +74,7 @@ def awaiting_lines() -> OrderReservation:
 async def test_new_order_is_stored_as_accepted_and_acknowledged() -> None:
     rig = Rig()
     cmd = AcceptOrder(order_id=ORDER, lines=[Line(sku="A", quantity=2)], delivery_address="Main St 1")
-    await rig.warehouse.on_order_message(cmd)
+    await rig.warehouse.on_accept_order(cmd)
     stored = rig.reservations.get(ORDER)
     assert stored is not None and stored.accepted and stored.lines == {"A": 2}
     assert [(type(m), m.correlation_id) for m in rig.publish.sent] == [(OrderAccepted, cmd.id)]
@@ -81,7 +82,7 @@ async def test_new_order_is_stored_as_accepted_and_acknowledged() -> None:
 
 async def test_rejected_order_is_not_stored() -> None:
     rig = Rig()
-    await rig.warehouse.on_order_message(AcceptOrder(order_id=ORDER, lines=[Line(sku="NOPE", quantity=1)]))
+    await rig.warehouse.on_accept_order(AcceptOrder(order_id=ORDER, lines=[Line(sku="NOPE", quantity=1)]))
     assert rig.reservations.rows == {}
     assert rig.publish.types() == [OrderRejected]
 
@@ -90,7 +91,7 @@ async def test_reserve_stock_for_an_order_missing_from_the_table_is_rebuilt_from
     rig = Rig()
     lines = [Line(sku="A", quantity=2), Line(sku="B", quantity=1)]
     cmd = ReserveStock(order_id=ORDER, lines=lines)
-    await rig.warehouse.on_order_message(cmd)
+    await rig.warehouse.on_reserve_stock(cmd)
     stored = rig.reservations.get(ORDER)
     assert stored is not None and stored.lines == {"A": 2, "B": 1} and stored.reserve_requested
     assert {(m.sku, m.quantity) for m in rig.publish.sent if isinstance(m, ReserveLine)} == {("A", 2), ("B", 1)}
@@ -100,7 +101,7 @@ async def test_reserve_stock_for_an_order_missing_from_the_table_is_rebuilt_from
 
 async def test_line_reserved_is_stored_and_the_outcome_published() -> None:
     rig = Rig(reservations={ORDER: awaiting_lines()})
-    await rig.warehouse.on_order_message(LineReserved(order_id=ORDER, sku="A", requested=2, reserved=2))
+    await rig.warehouse.on_line_reserved(LineReserved(order_id=ORDER, sku="A", requested=2, reserved=2))
     stored = rig.reservations.get(ORDER)
     assert stored is not None and stored.reserved == {"A": 2} and stored.outcome == "full"
     assert rig.publish.types() == [StockReserved]
@@ -109,16 +110,16 @@ async def test_line_reserved_is_stored_and_the_outcome_published() -> None:
 async def test_release_of_an_order_never_seen_is_acknowledged_and_kept_as_a_tombstone() -> None:
     rig = Rig(clock=lambda: 50.0)
     cmd = ReleaseStock(order_id=ORDER)
-    await rig.warehouse.on_order_message(cmd)
+    await rig.warehouse.on_release_stock(cmd)
     assert rig.reservations.rows == {ORDER: OrderReservation(order_id=ORDER, released=True, closed_at=50.0)}
     assert [(type(m), m.order_id, m.correlation_id) for m in rig.publish.sent] == [(StockReleased, ORDER, cmd.id)]
 
 
 async def test_reserve_stock_overtaken_by_its_release_reserves_nothing() -> None:
     rig = Rig()
-    await rig.warehouse.on_order_message(ReleaseStock(order_id=ORDER))
+    await rig.warehouse.on_release_stock(ReleaseStock(order_id=ORDER))
     reserve = ReserveStock(order_id=ORDER, lines=[Line(sku="A", quantity=2)])
-    await rig.warehouse.on_order_message(reserve)
+    await rig.warehouse.on_reserve_stock(reserve)
     assert [(type(m), m.correlation_id) for m in rig.publish.sent[1:]] == [(ReservationAccepted, reserve.id)]
     stored = rig.reservations.get(ORDER)
     assert stored is not None and stored.released and stored.lines == {} and not stored.reserve_requested
@@ -126,9 +127,9 @@ async def test_reserve_stock_overtaken_by_its_release_reserves_nothing() -> None
 
 async def test_a_tombstone_still_answers_a_resent_accept_order() -> None:
     rig = Rig()
-    await rig.warehouse.on_order_message(ReleaseStock(order_id=ORDER))
+    await rig.warehouse.on_release_stock(ReleaseStock(order_id=ORDER))
     cmd = AcceptOrder(order_id=ORDER, lines=[Line(sku="A", quantity=2)])
-    await rig.warehouse.on_order_message(cmd)
+    await rig.warehouse.on_accept_order(cmd)
     assert [(type(m), m.correlation_id) for m in rig.publish.sent[1:]] == [(OrderAccepted, cmd.id)]
 
 
@@ -139,7 +140,7 @@ async def test_a_tombstone_still_answers_a_resent_accept_order() -> None:
 ], ids=lambda m: m.type)
 async def test_news_about_an_order_never_seen_is_dropped(msg: Message) -> None:
     rig = Rig()
-    await rig.warehouse.on_order_message(msg)
+    await rig.warehouse.order_desk_handlers()[type(msg)](msg)
     assert rig.reservations.rows == {}
     assert rig.publish.sent == []
 
@@ -150,11 +151,8 @@ async def test_news_about_an_order_never_seen_is_dropped(msg: Message) -> None:
     DeliveryWithdrawn(order_id=ORDER, attempt=0, outcome="withdrawn"),
     StockReserved(order_id=ORDER),
 ], ids=lambda m: m.type)
-async def test_order_desk_skips_messages_it_does_not_handle(msg: Message) -> None:
-    rig = Rig(reservations={ORDER: awaiting_lines()})
-    await rig.warehouse.on_order_message(msg)
-    assert rig.reservations.rows == {ORDER: awaiting_lines()}
-    assert rig.publish.sent == []
+async def test_order_desk_declares_no_handler_for_messages_it_does_not_handle(msg: Message) -> None:
+    assert type(msg) not in Rig().warehouse.order_desk_handlers(), "the agent loop skips what has no handler"
 
 
 # --- stock keeper ---------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ async def test_order_desk_skips_messages_it_does_not_handle(msg: Message) -> Non
 
 async def test_reserve_line_is_stored_and_its_result_published() -> None:
     rig = Rig(stock={"A": SkuStock(sku="A", on_hand=5, seeded=True)})
-    await rig.warehouse.on_stock_message(ReserveLine(order_id=ORDER, sku="A", quantity=2))
+    await rig.warehouse.on_reserve_line(ReserveLine(order_id=ORDER, sku="A", quantity=2))
     stored = rig.stock.get("A")
     assert stored is not None and (stored.on_hand, stored.reserved, stored.allocated) == (5, 2, {ORDER: 2})
     assert [(type(m), getattr(m, "reserved", None)) for m in rig.publish.sent] == [
@@ -172,7 +170,7 @@ async def test_reserve_line_is_stored_and_its_result_published() -> None:
 
 async def test_manufactured_items_are_booked_as_a_receipt_on_a_sku_not_yet_stored() -> None:
     rig = Rig()
-    await rig.warehouse.on_stock_message(ItemsManufactured(sku="A", production_id="p1", quantity=4))
+    await rig.warehouse.on_goods_arrived(ItemsManufactured(sku="A", production_id="p1", quantity=4))
     stored = rig.stock.get("A")
     assert stored is not None and (stored.on_hand, stored.applied) == (4, ["p1"])
     assert [(type(m), getattr(m, "reason", "")) for m in rig.publish.sent] == [(StockLevelChanged, "received")]
@@ -182,16 +180,15 @@ async def test_stock_breaking_invariants_is_neither_stored_nor_published() -> No
     broken = SkuStock(sku="A", on_hand=1, reserved=3)  # reserved beyond on hand, allocated to nobody
     rig = Rig(stock={"A": broken})
     with pytest.raises(InvariantViolation):
-        await rig.warehouse.on_stock_message(ReceiveStock(sku="A", quantity=1, receipt_id="r1"))
+        await rig.warehouse.on_goods_arrived(ReceiveStock(sku="A", quantity=1, receipt_id="r1"))
     assert rig.stock.rows == {"A": broken}
     assert rig.publish.sent == []
 
 
-async def test_stock_keeper_skips_production_progress() -> None:
-    rig = Rig()
-    await rig.warehouse.on_stock_message(ProductionStarted(sku="A", production_id="p1", quantity=4))
-    assert rig.stock.rows == {}
-    assert rig.publish.sent == []
+async def test_stock_keeper_declares_no_handler_for_production_progress() -> None:
+    handlers = Rig().warehouse.stock_keeper_handlers()
+    assert ProductionStarted not in handlers and ProductionRequested not in handlers
+    assert handlers[ItemsManufactured] == handlers[ReceiveStock], "made goods are booked as received ones"
 
 
 async def test_seeding_offers_each_catalog_sku_its_starting_stock() -> None:

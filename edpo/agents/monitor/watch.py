@@ -20,11 +20,11 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from edpo.camunda import ORDER_FULFILMENT
 from edpo.camunda.engine import Engine
 from edpo.domain.monitor import Step, engine_time, process_steps
 
 logger = logging.getLogger(__name__)
-PROCESS = "order_fulfilment"
 # Seconds after the last dashboard request during which the engine and Kafka are still looked at.
 WATCHED = 30.0
 LISTED = 20  # user tasks and incidents listed (their counts are exact)
@@ -191,14 +191,15 @@ class Watcher(mode.Service):
 
     async def _engine_lists(self) -> tuple[Listing, Listing]:
         e = self.engine
-        task_query = {"processDefinitionKey": PROCESS}
+        task_query = {"processDefinitionKey": ORDER_FULFILMENT}
         tasks, task_count, incidents, incident_count = await asyncio.gather(
             e.request("GET", "/task", params={**task_query, "sortBy": "created", "sortOrder": "desc",
                                               "maxResults": str(LISTED)}),
             e.request("GET", "/task/count", params=task_query),
-            e.request("GET", "/incident", params={"processDefinitionKeyIn": PROCESS, "sortBy": "incidentTimestamp",
-                                                  "sortOrder": "desc", "maxResults": str(LISTED)}),
-            e.request("GET", "/incident/count", params={"processDefinitionKeyIn": PROCESS}),
+            e.request("GET", "/incident", params={"processDefinitionKeyIn": ORDER_FULFILMENT,
+                                                  "sortBy": "incidentTimestamp", "sortOrder": "desc",
+                                                  "maxResults": str(LISTED)}),
+            e.request("GET", "/incident/count", params={"processDefinitionKeyIn": ORDER_FULFILMENT}),
         )
         keys = await self._business_keys({t["processInstanceId"] for t in tasks} |
                                          {i["processInstanceId"] for i in incidents})
@@ -223,7 +224,7 @@ class Watcher(mode.Service):
         """The order's process: every instance's activity history and incidents, its open user tasks."""
         e = self.engine
         try:
-            instances = await e.history_instances(PROCESS, order_id)
+            instances = await e.history_instances(ORDER_FULFILMENT, order_id)
             steps: list[Step] = []
             open_tasks: list[Link] = []
             listed = []
