@@ -83,7 +83,7 @@ class Monitor:
             self.board_stale = False
             logger.info("monitor board built from %d orders", len(self.board.briefs))
 
-    async def on_partitions_assigned(self, sender: Any = None, **kwargs: Any) -> None:
+    async def on_partitions_assigned(self, sender: Any = None, *assigned: Any, **kwargs: Any) -> None:
         """Faust assigned partitions: the board is rebuilt from the order table before it is used."""
         self.board_stale = True
 
