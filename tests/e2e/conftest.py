@@ -128,9 +128,16 @@ class Api:
         return reply
 
     async def stock(self, sku: str) -> dict:
-        status, reply = await self.call("GET", f"{self.warehouse}/stock/{sku}")
-        assert status == 200, reply
-        return reply
+        """The SKU's stock; a 503 (the warehouse's partitions move: another test started or stopped a
+        worker) is asked again after its Retry-After, as the API documents, for up to 60 s."""
+        deadline = time.monotonic() + 60
+        while True:
+            async with self.http.get(f"{self.warehouse}/stock/{sku}") as r:
+                reply = await r.json(content_type=None)
+                if r.status != 503 or time.monotonic() > deadline:
+                    assert r.status == 200, reply
+                    return reply
+                await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
 
     async def receive(self, sku: str, quantity: int) -> None:
         await self.locks.share([sku])
