@@ -13,7 +13,8 @@ import pytest
 
 from edpo.dev.process import pid_alive, port_open
 
-PORTS = {"EDPO_KAFKA_PORT": 19092, "EDPO_KAFKA_CONTROLLER_PORT": 19093, "EDPO_CAMUNDA_PORT": 18080, "EDPO_PG_PORT": 55442}
+# Not the fault-injection stack's ports (19092, 18080): the two may run side by side.
+PORTS = {"EDPO_KAFKA_PORT": 29092, "EDPO_KAFKA_CONTROLLER_PORT": 29093, "EDPO_CAMUNDA_PORT": 28080, "EDPO_PG_PORT": 55442}
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_up_fails_with_one_clear_line_when_a_port_is_taken(isolated_env) -> None
         result = _edpo(env, "infra", "up")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "port 127.0.0.1:19092 is taken" in lines[0], result.stderr
+    assert len(lines) == 1 and "port 127.0.0.1:29092 is taken" in lines[0], result.stderr
 
 
 def _processes_running(*words: str) -> list[int]:

@@ -60,7 +60,7 @@ async def handle(msg: Message) -> None:
 @app.agent(raw_topic(app, spec), name="held")
 async def held(stream: faust.StreamT) -> None:
     """EDPO's agent loop over the test's topic."""
-    await consume(stream.events(), handle, name="held", publish=publisher.publish)
+    await consume(stream.events(), {kind: handle for kind in spec.types}, name="held", publish=publisher.publish)
 
 
 if __name__ == "__main__":
