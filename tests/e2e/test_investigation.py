@@ -102,7 +102,8 @@ class Tasklist:
         self.driver = driver
         self.url = f"{settings.camunda_url.removesuffix('/engine-rest')}/camunda/app/tasklist/"
         self.shots = settings.run_dir
-        self.wait = WebDriverWait(driver, 30)
+        # The page re-renders its lists as data arrives: an element found a moment ago may be gone.
+        self.wait = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
 
     def shot(self, name: str) -> None:
         """A screenshot to RUN_DIR/tasklist-NAME.png, for a person to look at."""
@@ -144,7 +145,8 @@ class Tasklist:
 
         task_id = WebDriverWait(self.driver, timeout, poll_frequency=1,
                                 ignored_exceptions=(StaleElementReferenceException,)).until(found)
-        self.driver.find_element(By.XPATH, f"{TASK_LINKS}[contains(@href, '{task_id}')]").click()
+        self.wait.until(EC.element_to_be_clickable((By.XPATH, f"{TASK_LINKS}[contains(@href, '{task_id}')]"))).click()
+        self.wait.until(lambda d: d.current_url.endswith(f"task={task_id}"))
         self.wait.until(EC.visibility_of_element_located(
             (By.XPATH, f"//section[contains(@class, 'task-details')]//h2[normalize-space()='{name}']")))
         self.wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f"{FORM} select[name=decision]")))
@@ -152,11 +154,12 @@ class Tasklist:
 
     def field(self, name: str) -> str:
         """The value the task's form shows in a field."""
-        return self.driver.find_element(By.CSS_SELECTOR, f"{FORM} [name={name}]").get_attribute("value")
+        selector = f"{FORM} [name={name}]"
+        return self.wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector).get_attribute("value"))
 
     def groups(self) -> str:
         """The candidate groups the open task shows (their names)."""
-        return self.driver.find_element(By.CSS_SELECTOR, "ul.actors li.groups a").text
+        return self.wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "ul.actors li.groups a").text)
 
     def claim(self) -> None:
         """Claim the open task: the form becomes editable."""
@@ -165,7 +168,12 @@ class Tasklist:
 
     def decide(self, decision: str, task_id: str) -> None:
         """Choose the decision in the form and complete the task; it leaves the list."""
-        Select(self.driver.find_element(By.CSS_SELECTOR, f"{FORM} select[name=decision]")).select_by_value(decision)
+        def chosen(driver: WebDriver) -> bool:
+            choice = Select(driver.find_element(By.CSS_SELECTOR, f"{FORM} select[name=decision]"))
+            choice.select_by_value(decision)
+            return choice.first_selected_option.get_attribute("value") == decision
+
+        self.wait.until(chosen)
         self.shot(f"{decision}-chosen")
         self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "button[ng-click='complete()']"))).click()
         self.wait.until(lambda _: task_id not in self.listed())
