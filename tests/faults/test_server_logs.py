@@ -44,15 +44,16 @@ async def _engine_errors(settings: Settings, log: Path) -> int:
     rotated BACKUPS times; a few at a time, as a busy stack would. Returns how many it took."""
     sent = 0
     async with Engine.from_settings(settings) as engine:
+
+        async def one() -> None:
+            try:
+                await engine.request("GET", f"/process-instance/{uuid.uuid4().hex}/variables/anything")
+            except EngineError as e:
+                assert e.status == 500, e
+
         deadline = time.monotonic() + 180
         while not _rotated(log):
             assert time.monotonic() < deadline, f"the engine's log did not rotate: {_files(log)}"
-
-            async def one() -> None:
-                try:
-                    await engine.request("GET", f"/process-instance/{uuid.uuid4().hex}/variables/anything")
-                except EngineError as e:
-                    assert e.status == 500, e
             await asyncio.gather(*(one() for _ in range(8)))
             sent += 8
     return sent
