@@ -174,6 +174,10 @@ class Settings(BaseSettings):
         "no news", description="Regex (case-insensitive): the courier of matching addresses never reports back, "
         "so the delivery becomes overdue (empty: none)"
     )
+    silent_once_pattern: str = Field(
+        "late news", description="Regex (case-insensitive): the first courier of matching addresses never reports "
+        "back, a retried attempt's does (a dispatcher's retry delivers; empty: none)"
+    )
     delivery_failure_rate: float = Field(
         0, ge=0, le=1, description="Probability (0..1) that a delivery fails at random"
     )

@@ -37,6 +37,11 @@ CANCELLED = "order cancelled"
 SILENCE = 10 * 365 * 24 * 3600.0  # a silent courier's trip: ten years
 
 
+def _matches(pattern: str, address: str) -> bool:
+    """Does address match pattern (a case-insensitive regex; an empty pattern matches nothing)?"""
+    return bool(pattern) and re.search(pattern, address, re.IGNORECASE) is not None
+
+
 class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How the simulated courier behaves: which addresses fail, how often it fails, how long it takes."""
 
@@ -45,10 +50,13 @@ class DeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     courier_time: float
     # Addresses whose courier never reports back (the overdue-delivery escalation's case).
     silent_pattern: str = ""
+    # Addresses whose first courier never reports back, and whose later ones do (a dispatcher's retry helps).
+    silent_once_pattern: str = ""
 
-    def trip_time(self, address: str) -> float:
-        """Seconds until the courier reports: courier_time, or practically never for a silent address."""
-        if self.silent_pattern and re.search(self.silent_pattern, address, re.IGNORECASE):
+    def trip_time(self, address: str, attempt: int = 1) -> float:
+        """Seconds until the courier of this attempt reports: courier_time, or practically never for
+        a silent address (for a silent-once address, only on the first attempt)."""
+        if _matches(self.silent_pattern, address) or (attempt == 1 and _matches(self.silent_once_pattern, address)):
             return SILENCE
         return self.courier_time
 
@@ -98,7 +106,7 @@ class Delivery(msgspec.Struct, kw_only=True):
             ]
         self.attempts[str(cmd.attempt)] = Attempt(
             status="in_transit",
-            due_at=now + policy.trip_time(address),
+            due_at=now + policy.trip_time(address, cmd.attempt),
             failure=policy.will_fail(address, roll),
             address=address,
             trace_id=cmd.trace_id or cmd.id,

@@ -28,6 +28,7 @@ from tests.e2e.conftest import Api, ended_at, eventually, lines
 
 DISPATCHERS = "dispatchers"
 SILENT = "No News Lane 7, Bern"  # matches EDPO_SILENT_PATTERN: the courier never reports
+LATE = "Late News Road 3, Bern"  # matches EDPO_SILENT_ONCE_PATTERN: only the first courier never reports
 TASK_LINKS = "//ol[contains(@class, 'tasks-list')]//h4/a"  # Tasklist's list of tasks
 FORM = "form[name=generatedForm]"  # the form Tasklist generates from the BPMN's camunda:formData
 
@@ -193,18 +194,49 @@ async def test_the_demo_user_is_a_dispatcher(engine: Engine, stack: Settings) ->
     assert stack.camunda_admin_user in [user["id"] for user in members], members
 
 
-async def test_a_dispatcher_in_tasklist_retries_then_cancels_a_silent_delivery_and_the_stock_comes_back(
-        api: Api, engine: Engine, stack: Settings, tasklist: Tasklist) -> None:
-    assert re.search(stack.silent_pattern, SILENT, re.IGNORECASE), f"{SILENT!r} against {stack.silent_pattern!r}"
-    sku = "HEADSET"
+async def _overdue_order(api: Api, sku: str, address: str) -> tuple[str, dict[str, Any]]:
+    """An order of one unit of sku (received for it) whose delivery is overdue; (order id, the
+    sku's stock before the order)."""
     settled = await api.own(sku)
     await api.receive(sku, 1)  # the unit this order takes
     before = await eventually(lambda: api.stock(sku), lambda s: s["on_hand"] == settled["on_hand"] + 1, 30,
                               f"the {sku} receipt to be booked")
-    oid = (await api.place([(sku, 1)], address=SILENT))["order_id"]
+    oid = (await api.place([(sku, 1)], address=address))["order_id"]
     await eventually(lambda: api.order(oid), lambda o: any(
         t["key"] == "resolve-overdue-delivery" for t in (o["process"] or {}).get("user_tasks", [])), 60,
         f"the overdue delivery of {oid}")
+    return oid, before
+
+
+async def test_a_dispatcher_in_tasklist_retries_a_late_delivery_and_the_order_is_delivered(
+        api: Api, engine: Engine, stack: Settings, tasklist: Tasklist) -> None:
+    assert re.search(stack.silent_once_pattern, LATE, re.IGNORECASE), (LATE, stack.silent_once_pattern)
+    sku = "WEBCAM"
+    oid, before = await _overdue_order(api, sku, LATE)
+
+    tasklist.search_order(oid)
+    task = tasklist.open("Resolve overdue delivery")
+    assert oid in tasklist.field("order_summary") and tasklist.field("delivery_attempt") == "1"
+    tasklist.claim()
+    assert (await engine.request("GET", f"/task/{task}"))["assignee"] == stack.camunda_admin_user
+    tasklist.decide("retry", task)  # courier 1 called back, courier 2 sent: it reports
+    tasklist.shot("retried")
+    assert await _completed_by(engine, task) == stack.camunda_admin_user
+    final = await api.wait_final(oid, timeout=60)
+    assert final["status"] == "DELIVERED", final
+    assert await ended_at(engine, oid) == ["EndEvent_OrderDelivered"]
+    courier = await api.courier(oid)
+    assert {n: a["status"] for n, a in courier["attempts"].items()} == {"1": "withdrawn", "2": "delivered"}
+    after = await eventually(lambda: api.stock(sku), lambda s: s["on_hand"] == before["on_hand"] - 1, 30,
+                             f"the delivered {sku} to leave the books")
+    assert after["reserved"] == before["reserved"] and after["available"] == before["available"] - 1, (before, after)
+
+
+async def test_a_dispatcher_in_tasklist_retries_then_cancels_a_silent_delivery_and_the_stock_comes_back(
+        api: Api, engine: Engine, stack: Settings, tasklist: Tasklist) -> None:
+    assert re.search(stack.silent_pattern, SILENT, re.IGNORECASE), f"{SILENT!r} against {stack.silent_pattern!r}"
+    sku = "HEADSET"
+    oid, before = await _overdue_order(api, sku, SILENT)
     out = await api.stock(sku)
     assert out["available"] == before["available"] - 1, (before, out)
 

@@ -306,3 +306,16 @@ def test_a_silent_address_keeps_its_courier_on_the_road_until_withdrawn() -> Non
     assert policy.trip_time("No News Lane 4") == SILENCE
     assert policy.trip_time("Main Street 1") == 1
     assert DeliveryPolicy(unreachable_pattern="", failure_rate=0, courier_time=1).trip_time("no news") == 1
+    assert policy.trip_time("No News Lane 4", attempt=2) == SILENCE
+
+
+def test_a_silent_once_address_keeps_only_its_first_courier_on_the_road() -> None:
+    from edpo.domain.delivery import SILENCE, DeliveryPolicy
+
+    policy = DeliveryPolicy(unreachable_pattern="", failure_rate=0, courier_time=1, silent_once_pattern="late news")
+    delivery = Delivery(order_id=ORDER)
+    delivery.start(start(attempt=1, address="Late News Road 3"), 0.0, policy, roll=0.5)
+    delivery.start(start(attempt=2, address="Late News Road 3"), 10.0, policy, roll=0.5)
+    assert delivery.attempts["1"].due_at == SILENCE
+    assert delivery.attempts["2"].due_at == 11.0
+    assert policy.trip_time("Main Street 1", attempt=1) == 1

@@ -26,7 +26,8 @@ def create_app(settings: Settings) -> ServiceApp:
     deliveries_by_order = app.struct_table("deliveries_by_order", Delivery, help="Delivery attempts per order")
     policy = DeliveryPolicy(unreachable_pattern=settings.unreachable_pattern,
                             failure_rate=settings.delivery_failure_rate, courier_time=settings.courier_time,
-                            silent_pattern=settings.silent_pattern)
+                            silent_pattern=settings.silent_pattern,
+                            silent_once_pattern=settings.silent_once_pattern)
     courier = Courier(policy, deliveries_by_order, app.publisher.publish, retention=settings.table_retention)
 
     app.agent_over("courier", courier.handlers(), delivery_commands_topic)
