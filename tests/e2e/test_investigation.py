@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -117,7 +117,13 @@ class Tasklist:
                         ).send_keys(user)
         self.driver.find_element(By.CSS_SELECTOR, "input[ng-model=password]").send_keys(password)
         self.driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Filter Tasks']")))
+        try:
+            self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Filter Tasks']")))
+        except TimeoutException:
+            self.shot("sign-in-failed")
+            text = self.driver.find_element(By.TAG_NAME, "body").text
+            raise AssertionError(f"Tasklist did not show the task list after signing in; it shows: {text[:500]!r}"
+                                 ) from None
 
     def search_order(self, order_id: str) -> None:
         """Narrow the task list to the order: a search on the process instance's business key."""
