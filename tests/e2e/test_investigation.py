@@ -118,7 +118,10 @@ class Tasklist:
         self.driver.find_element(By.CSS_SELECTOR, "input[ng-model=password]").send_keys(password)
         self.driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         try:
-            self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Filter Tasks']")))
+            # The first page after signing in loads the filters and counts their tasks: slow on an engine
+            # that a loaded machine shares with a stack that has served thousands of orders.
+            WebDriverWait(self.driver, 90, ignored_exceptions=(StaleElementReferenceException,)).until(
+                EC.element_to_be_clickable((By.CSS_SELECTOR, "input[placeholder='Filter Tasks']")))
         except TimeoutException:
             self.shot("sign-in-failed")
             text = self.driver.find_element(By.TAG_NAME, "body").text
